@@ -1,0 +1,21 @@
+// Deadlines: every blocking wait in Switchboard takes one.
+// A Deadline is an absolute steady_clock time point; kNoDeadline waits for ever.
+#pragma once
+
+#include <chrono>
+
+namespace switchboard {
+
+using Clock = std::chrono::steady_clock;
+using Deadline = Clock::time_point;
+using Duration = Clock::duration;
+
+inline constexpr Deadline kNoDeadline = Deadline::max();
+
+// The deadline `d` from now, saturating instead of overflowing.
+inline Deadline deadlineAfter(Duration d) {
+  const Deadline now = Clock::now();
+  return d >= kNoDeadline - now ? kNoDeadline : now + d;
+}
+
+}  // namespace switchboard

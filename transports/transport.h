@@ -1,0 +1,93 @@
+// Transport: moves opaque message bytes between clients and listening servers.
+// Implementations: InMemoryTransport (in-process), ZeroMQ (later); tests add mocks and decorators.
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "base/deadline.h"
+#include "base/status.h"
+#include "transports/address.h"
+
+namespace switchboard {
+
+// One message taken by a Listener. Thread-safe: reply() and acknowledge() may be called from any
+// thread, after the listener is closed too, for as long as the transport lives.
+class IncomingMessage {
+ public:
+  virtual ~IncomingMessage() = default;
+  IncomingMessage() = default;
+  IncomingMessage(const IncomingMessage&) = delete;
+  IncomingMessage& operator=(const IncomingMessage&) = delete;
+
+  // The bytes the sender sent.
+  virtual const std::string& body() const = 0;
+  // Sends `bytes` back to the channel the message came from. Never blocks. A sender that is gone
+  // is not an error of the replier: the reply is dropped and counted by the transport.
+  virtual Status reply(std::string bytes) = 0;
+  // Tells the transport the message was taken care of. Idempotent.
+  virtual void acknowledge() = 0;
+  // Who sent it, for logs and access checks (transport-specific, e.g. a channel id).
+  virtual std::string_view peer() const = 0;
+};
+using IncomingPtr = std::unique_ptr<IncomingMessage>;
+
+// The server side of a transport for one Address. Thread-bound: poll() and close() are called by
+// one thread at a time (the executor's receiving thread); interrupt() from any thread.
+class Listener {
+ public:
+  virtual ~Listener() = default;
+  Listener() = default;
+  Listener(const Listener&) = delete;
+  Listener& operator=(const Listener&) = delete;
+
+  // Appends up to `maxBatch` messages to `out`, waiting until `deadline` or interrupt() for the
+  // first. Returns ok with nothing appended on a timeout or an interrupt; an error only when the
+  // listener can never deliver again (closed, transport failed).
+  virtual Status poll(Deadline deadline, size_t maxBatch, std::vector<IncomingPtr>& out) = 0;
+  // Thread-safe waker: a poll() blocked now returns promptly, and if none is blocked the next one
+  // returns at once.
+  virtual void interrupt() = 0;
+  // Stops taking messages. Messages not yet polled stay with the transport for another listener
+  // of the same address. Idempotent; the destructor closes.
+  virtual void close() = 0;
+};
+
+// Receives the bytes of a reply sent to a ClientChannel. Runs on a transport thread (or the
+// replier's); it must be quick and must not destroy the channel it belongs to.
+using ReplyCallback = std::function<void(std::string bytes)>;
+
+// The client side of a transport: sends to addresses; replies come back to its callback.
+// Thread-safe. After the destructor returns no callback runs and none is running.
+class ClientChannel {
+ public:
+  virtual ~ClientChannel() = default;
+  ClientChannel() = default;
+  ClientChannel(const ClientChannel&) = delete;
+  ClientChannel& operator=(const ClientChannel&) = delete;
+
+  // Queues `bytes` for `to`, waiting no later than `deadline` for room. Delivery is not
+  // confirmed: a caller that needs an answer waits for a reply itself (RpcClient does).
+  virtual Status send(const Address& to, std::string bytes, Deadline deadline) = 0;
+};
+
+// A transport. Thread-safe. It must outlive every listener and channel it made.
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  Transport() = default;
+  Transport(const Transport&) = delete;
+  Transport& operator=(const Transport&) = delete;
+
+  // Starts taking messages for `address` (topic and server required, fanout ignored: a server
+  // listener also receives the topic's fanout messages and those for any server of the topic).
+  virtual Result<std::unique_ptr<Listener>> listen(const Address& address) = 0;
+  // Opens a client channel whose replies go to `onReply`.
+  virtual Result<std::unique_ptr<ClientChannel>> openChannel(ReplyCallback onReply) = 0;
+};
+
+}  // namespace switchboard
