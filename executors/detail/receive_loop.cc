@@ -1,0 +1,129 @@
+// ReceiveLoop: polling, hand-off, timers and the outstanding-work count of an executor epoch.
+// The source's interrupt() is the loop's waker while it polls; wakeup_ once it is stopping.
+#include "executors/detail/receive_loop.h"
+
+#include <exception>
+#include <utility>
+
+namespace switchboard::detail {
+
+ReceiveLoop::ReceiveLoop(LogSink log, std::string component)
+    : log_(std::move(log)), component_(std::move(component)) {}
+
+void ReceiveLoop::arm(TaskSource& source) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  source_ = &source;
+  armed_ = true;
+  stopRequested_ = false;
+  woken_ = false;
+  done_ = false;
+}
+
+void ReceiveLoop::wake() {
+  woken_ = true;
+  wakeup_.notify_all();
+  if (source_ != nullptr && !stopRequested_) source_->interrupt();
+}
+
+void ReceiveLoop::requestStop() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!armed_ || stopRequested_) return;
+  if (source_ != nullptr) source_->interrupt();
+  stopRequested_ = true;
+  wake();
+}
+
+void ReceiveLoop::finishWithoutRunning() {
+  std::multimap<Deadline, std::function<void()>> dropped;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    armed_ = false;
+    done_ = true;
+    source_ = nullptr;
+    dropped.swap(timers_);
+    finished_.notify_all();
+  }
+}
+
+bool ReceiveLoop::waitFinished(Deadline deadline) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  return finished_.wait_until(lock, deadline, [&] { return done_; });
+}
+
+Status ReceiveLoop::runAt(Deadline when, std::function<void()> fn) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!armed_ || stopRequested_) {
+    return Status(StatusCode::kShuttingDown, component_ + ": not running");
+  }
+  timers_.emplace(when, std::move(fn));
+  wake();
+  return Status::ok();
+}
+
+WorkGuard ReceiveLoop::acquireWork() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!armed_) return WorkGuard();
+  ++outstanding_;
+  return WorkGuard([this] { releaseWork(); });
+}
+
+void ReceiveLoop::releaseWork() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (--outstanding_ == 0 && stopRequested_) wake();
+}
+
+void ReceiveLoop::run(const Handoff& handoff) {
+  std::vector<TaskPtr> tasks;
+  std::vector<std::function<void()>> due;
+  for (;;) {
+    bool stopping = false;
+    Deadline next = kNoDeadline;
+    TaskSource* source = nullptr;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      const Deadline now = Clock::now();
+      while (!timers_.empty() && timers_.begin()->first <= now) {
+        due.push_back(std::move(timers_.begin()->second));
+        timers_.erase(timers_.begin());
+      }
+      if (!timers_.empty()) next = timers_.begin()->first;
+      stopping = stopRequested_;
+      source = source_;
+      if (due.empty() && stopping) {
+        if (outstanding_ == 0) break;
+        wakeup_.wait_until(lock, next, [&] { return woken_; });
+        woken_ = false;
+        continue;
+      }
+    }
+    for (auto& fn : due) {
+      try {
+        fn();
+      } catch (const std::exception& e) {
+        log_(LogLevel::kError, component_, std::string("timer callback threw: ") + e.what());
+      } catch (...) {
+        log_(LogLevel::kError, component_, "timer callback threw a non-standard exception");
+      }
+    }
+    if (!due.empty()) {
+      due.clear();
+      continue;
+    }
+    if (Status polled = source->poll(next, tasks); !polled) {
+      log_(LogLevel::kError, component_, "task source failed: " + polled.toString());
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopRequested_ = true;  // a broken source yields nothing more: drain and end
+    }
+    for (auto& task : tasks) handoff(std::move(task));
+    tasks.clear();
+  }
+  std::multimap<Deadline, std::function<void()>> dropped;
+  std::lock_guard<std::mutex> lock(mutex_);
+  dropped.swap(timers_);  // destroyed after the lock is released (declared first)
+  armed_ = false;
+  source_ = nullptr;
+  done_ = true;
+  finished_.notify_all();
+}
+
+}  // namespace switchboard::detail

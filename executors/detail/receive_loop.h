@@ -1,0 +1,62 @@
+// ReceiveLoop: the loop every executor runs: poll the TaskSource, hand tasks off, run timers,
+// and end once a stop was requested and no work is outstanding (asio's outstanding-work rule).
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "base/deadline.h"
+#include "base/log.h"
+#include "base/status.h"
+#include "executors/executor.h"
+
+namespace switchboard::detail {
+
+// Thread-safe, except run(), which one thread at a time calls once per epoch.
+class ReceiveLoop final {
+ public:
+  using Handoff = std::function<void(TaskPtr)>;
+
+  explicit ReceiveLoop(LogSink log, std::string component);
+  ReceiveLoop(const ReceiveLoop&) = delete;
+  ReceiveLoop& operator=(const ReceiveLoop&) = delete;
+
+  // Begins an epoch that reads `source`. Precondition: the previous epoch finished.
+  void arm(TaskSource& source);
+  // Runs the epoch on the calling thread: each polled task goes to `handoff`; returns when the
+  // stop was requested and no work guard is left. Pending timers are then destroyed.
+  void run(const Handoff& handoff);
+  // Non-blocking: no task is polled after the current batch.
+  void requestStop();
+  // Marks the epoch finished without run() (a blocking executor stopped before execute()).
+  void finishWithoutRunning();
+  // True once run() has returned (or finishWithoutRunning() was called) for this epoch.
+  bool waitFinished(Deadline deadline);
+
+  Status runAt(Deadline when, std::function<void()> fn);
+  WorkGuard acquireWork();
+
+ private:
+  void wake();  // lock held
+  void releaseWork();
+
+  const LogSink log_;
+  const std::string component_;
+
+  std::mutex mutex_;
+  std::condition_variable wakeup_;    // the loop waits here once stopping
+  std::condition_variable finished_;  // waitFinished() waits here
+  TaskSource* source_ = nullptr;      // guarded by mutex_
+  bool armed_ = false;                // guarded by mutex_: between arm() and the end of run()
+  bool stopRequested_ = false;        // guarded by mutex_
+  bool woken_ = false;                // guarded by mutex_
+  bool done_ = true;                  // guarded by mutex_
+  uint64_t outstanding_ = 0;          // guarded by mutex_: live work guards
+  std::multimap<Deadline, std::function<void()>> timers_;  // guarded by mutex_
+};
+
+}  // namespace switchboard::detail
