@@ -1,0 +1,368 @@
+// MessageHandlingServer: the TaskSource that turns a Listener's messages into dispatch tasks,
+// the one-reply-per-call rule, cancellation, and the lifecycle hooks.
+#include "messaging/server.h"
+
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "messaging/detail/wire.h"
+
+namespace switchboard {
+namespace detail {
+
+namespace {
+// Logs the 1st, 2nd, 4th, 8th... occurrence: counted always, logged without flooding.
+bool shouldLog(uint64_t count) { return (count & (count - 1)) == 0; }
+}  // namespace
+
+class CallReply;
+
+// Everything the server shares with its tasks; a TaskSource over the transport listener.
+class ServerCore final : public TaskSource {
+ public:
+  ServerCore(Transport& transport, Target target, RpcDispatcher dispatcher,
+             std::unique_ptr<Executor> executor, MessageHandlingServer::Options options)
+      : transport_(transport),
+        target_(std::move(target)),
+        dispatcher_(std::move(dispatcher)),
+        executor_(std::move(executor)),
+        options_(std::move(options)),
+        serializer_(options_.serializer ? options_.serializer : &noOpSerializer_) {}
+
+  Status listen();
+  void releaseListener();
+  Status poll(Deadline deadline, std::vector<TaskPtr>& out) override;
+  void interrupt() override { listener_->interrupt(); }
+
+  // Sends the one answer of a call and forgets it.
+  void finishCall(CallReply& call, Result<Value> outcome);
+  void dropped(std::string_view why);
+  void failedCast(const std::string& method, const Status& why);
+  void unregister(const std::string& key);
+
+  Transport& transport_;
+  const Target target_;
+  const RpcDispatcher dispatcher_;
+  const std::unique_ptr<Executor> executor_;
+  const MessageHandlingServer::Options options_;
+  const NoOpSerializer noOpSerializer_;
+  const Serializer* const serializer_;
+  const DecodeLimits limits_;
+
+  // Set by listen() before the executor starts; released after it finished. Used by the
+  // executor's receiving thread in between.
+  std::unique_ptr<Listener> listener_;
+  std::vector<IncomingPtr> incoming_;  // poll()'s scratch, receiving thread only
+
+  std::mutex callsMutex_;
+  // guarded by callsMutex_: cancel flags of calls in flight, by "peer/msgid"
+  std::unordered_map<std::string, std::shared_ptr<std::atomic<bool>>> calls_;
+
+  std::atomic<uint64_t> received_{0}, replied_{0}, failed_{0}, rejected_{0}, dropped_{0},
+      cancelled_{0};
+};
+
+// The one answer of one request. The first send() wins; later ones are ignored.
+class CallReply final : public ReplySink {
+ public:
+  CallReply(ServerCore& core, IncomingPtr message, uint32_t msgid, std::string key,
+            WorkGuard work)
+      : core_(core),
+        message_(std::move(message)),
+        msgid_(msgid),
+        key_(std::move(key)),
+        work_(std::move(work)) {}
+
+  void send(Result<Value> outcome) override {
+    if (sent_.exchange(true)) return;
+    core_.finishCall(*this, std::move(outcome));
+    work_.reset();
+  }
+
+  ServerCore& core_;
+  const IncomingPtr message_;
+  const uint32_t msgid_;
+  const std::string key_;
+  Context context_;  // for serializeEntity of the result
+
+ private:
+  std::atomic<bool> sent_{false};
+  WorkGuard work_;  // keeps the executor's epoch open until answered
+};
+
+// Runs one request through the dispatcher.
+class RequestTask final : public Task {
+ public:
+  RequestTask(std::shared_ptr<CallReply> reply, RequestMessage request, Deadline deadline,
+              std::shared_ptr<std::atomic<bool>> cancelled)
+      : reply_(std::move(reply)),
+        request_(std::move(request)),
+        deadline_(deadline),
+        cancelled_(std::move(cancelled)) {}
+
+  void run() noexcept override {
+    ServerCore& core = reply_->core_;
+    if (deadline_ != kNoDeadline && Clock::now() >= deadline_) {
+      reply_->send(Status(StatusCode::kTimeout, "the caller's deadline passed before dispatch"));
+      return;
+    }
+    std::optional<Version> version;
+    if (!request_.ext.version.empty()) {
+      Result<Version> parsed = Version::parse(request_.ext.version);
+      if (!parsed) {
+        reply_->send(parsed.status());
+        return;
+      }
+      version = *parsed;
+    }
+    try {
+      reply_->context_ = core.serializer_->deserializeContext(request_.ext.context);
+      for (Value& p : request_.params) {
+        p = core.serializer_->deserializeEntity(reply_->context_, std::move(p));
+      }
+    } catch (const std::exception& e) {
+      reply_->send(Status(StatusCode::kBadArguments, std::string("serializer: ") + e.what()));
+      return;
+    }
+    CallContext ctx(reply_->context_, request_.method, reply_->message_->peer(), deadline_,
+                    cancelled_, core.executor_.get(), reply_);
+    Result<Value> outcome =
+        core.dispatcher_.dispatch(ctx, request_.ext.ns, version, request_.method, request_.params);
+    if (!ctx.deferred()) reply_->send(std::move(outcome));
+  }
+
+  void reject(Status why) noexcept override {
+    if (why.code() == StatusCode::kOverloaded) reply_->core_.rejected_.fetch_add(1);
+    reply_->send(std::move(why));
+  }
+
+ private:
+  std::shared_ptr<CallReply> reply_;
+  RequestMessage request_;
+  Deadline deadline_;
+  std::shared_ptr<std::atomic<bool>> cancelled_;
+};
+
+// Runs one notification (a cast): no reply; failures are logged and counted.
+class CastTask final : public Task {
+ public:
+  CastTask(ServerCore& core, IncomingPtr message, NotificationMessage cast, WorkGuard work)
+      : core_(core), message_(std::move(message)), cast_(std::move(cast)), work_(std::move(work)) {}
+
+  void run() noexcept override {
+    message_->acknowledge();
+    std::optional<Version> version;
+    if (!cast_.ext.version.empty()) {
+      Result<Version> parsed = Version::parse(cast_.ext.version);
+      if (!parsed) return core_.failedCast(cast_.method, parsed.status());
+      version = *parsed;
+    }
+    Result<Value> outcome = Status(StatusCode::kInvalidState, "not dispatched");
+    try {
+      Context context = core_.serializer_->deserializeContext(cast_.ext.context);
+      for (Value& p : cast_.params) {
+        p = core_.serializer_->deserializeEntity(context, std::move(p));
+      }
+      CallContext ctx(std::move(context), cast_.method, message_->peer(), kNoDeadline, nullptr,
+                      core_.executor_.get(), nullptr);
+      outcome = core_.dispatcher_.dispatch(ctx, cast_.ext.ns, version, cast_.method, cast_.params);
+    } catch (const std::exception& e) {
+      outcome = Status(StatusCode::kBadArguments, std::string("serializer: ") + e.what());
+    }
+    if (!outcome) core_.failedCast(cast_.method, outcome.status());
+  }
+
+  void reject(Status why) noexcept override {
+    message_->acknowledge();
+    core_.failedCast(cast_.method, why);
+  }
+
+ private:
+  ServerCore& core_;
+  IncomingPtr message_;
+  NotificationMessage cast_;
+  WorkGuard work_;
+};
+
+Status ServerCore::listen() {
+  if (Status s = target_.validateForServer(); !s) return s;
+  Result<std::unique_ptr<Listener>> listener = transport_.listen(target_.address());
+  if (!listener) return listener.status();
+  listener_ = std::move(listener).value();
+  return Status::ok();
+}
+
+void ServerCore::releaseListener() {
+  if (listener_) listener_->close();
+  listener_.reset();
+}
+
+Status ServerCore::poll(Deadline deadline, std::vector<TaskPtr>& out) {
+  incoming_.clear();
+  Status polled = listener_->poll(deadline, options_.pollBatch, incoming_);
+  const Deadline now = Clock::now();
+  for (IncomingPtr& message : incoming_) {
+    received_.fetch_add(1, std::memory_order_relaxed);
+    DecodedMessage decoded = decodeMessage(message->body(), limits_);
+    if (!decoded) {
+      const DecodeError& error = decoded.error();
+      if (error.msgid) {
+        std::string bytes;
+        encodeMessage(ResponseMessage{*error.msgid, error.status, Value()}, bytes);
+        failed_.fetch_add(1, std::memory_order_relaxed);
+        if (message->reply(std::move(bytes))) replied_.fetch_add(1, std::memory_order_relaxed);
+      }
+      dropped(error.status.message());
+      message->acknowledge();
+      continue;
+    }
+    switch (static_cast<MessageKind>(decoded.message().index())) {
+      case MessageKind::kRequest: {
+        auto& request = std::get<RequestMessage>(decoded.message());
+        std::string key = std::string(message->peer()) + "/" + std::to_string(request.msgid);
+        auto cancelled = std::make_shared<std::atomic<bool>>(false);
+        {
+          std::lock_guard<std::mutex> lock(callsMutex_);
+          calls_.insert_or_assign(key, cancelled);
+        }
+        const Deadline callerDeadline =
+            request.ext.budgetMs ? now + std::chrono::milliseconds(*request.ext.budgetMs)
+                                 : kNoDeadline;
+        const uint32_t msgid = request.msgid;
+        auto reply = std::make_shared<CallReply>(*this, std::move(message), msgid, std::move(key),
+                                                 executor_->acquireWork());
+        out.push_back(std::make_unique<RequestTask>(std::move(reply), std::move(request),
+                                                    callerDeadline, std::move(cancelled)));
+        break;
+      }
+      case MessageKind::kNotification:
+        out.push_back(std::make_unique<CastTask>(
+            *this, std::move(message), std::move(std::get<NotificationMessage>(decoded.message())),
+            executor_->acquireWork()));
+        break;
+      case MessageKind::kCancel: {
+        const std::string key =
+            std::string(message->peer()) + "/" +
+            std::to_string(std::get<CancelMessage>(decoded.message()).msgid);
+        std::lock_guard<std::mutex> lock(callsMutex_);
+        if (auto it = calls_.find(key); it != calls_.end()) {
+          it->second->store(true);
+          cancelled_.fetch_add(1, std::memory_order_relaxed);
+        }
+        message->acknowledge();
+        break;
+      }
+      case MessageKind::kResponse:
+      case MessageKind::kHeartbeat:
+        dropped("a server does not take responses or heartbeats");
+        message->acknowledge();
+        break;
+    }
+  }
+  return polled;
+}
+
+void ServerCore::finishCall(CallReply& call, Result<Value> outcome) {
+  unregister(call.key_);
+  ResponseMessage response{call.msgid_, outcome.status(), Value()};
+  if (outcome) {
+    try {
+      response.result = serializer_->serializeEntity(call.context_, std::move(outcome).value());
+    } catch (const std::exception& e) {
+      response.error = Status::remote(currentExceptionTypeName(), e.what());
+    }
+  }
+  if (!response.error.isOk()) failed_.fetch_add(1, std::memory_order_relaxed);
+  std::string bytes;
+  encodeMessage(response, bytes);
+  if (Status sent = call.message_->reply(std::move(bytes)); sent) {
+    replied_.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    dropped("reply not sent: " + sent.toString());
+  }
+  call.message_->acknowledge();
+}
+
+void ServerCore::unregister(const std::string& key) {
+  std::lock_guard<std::mutex> lock(callsMutex_);
+  calls_.erase(key);
+}
+
+void ServerCore::dropped(std::string_view why) {
+  const uint64_t n = dropped_.fetch_add(1, std::memory_order_relaxed) + 1;
+  if (shouldLog(n)) {
+    options_.log(LogLevel::kWarning, "server",
+                 "dropped a message (" + std::to_string(n) + " so far): " + std::string(why));
+  }
+}
+
+void ServerCore::failedCast(const std::string& method, const Status& why) {
+  dropped("cast '" + method + "' failed: " + why.toString());
+}
+
+}  // namespace detail
+
+MessageHandlingServer::MessageHandlingServer(Transport& transport, Target target,
+                                             RpcDispatcher dispatcher,
+                                             std::unique_ptr<Executor> executor)
+    : MessageHandlingServer(transport, std::move(target), std::move(dispatcher),
+                            std::move(executor), Options{}) {}
+
+MessageHandlingServer::MessageHandlingServer(Transport& transport, Target target,
+                                             RpcDispatcher dispatcher,
+                                             std::unique_ptr<Executor> executor, Options options)
+    : core_(std::make_unique<detail::ServerCore>(transport, std::move(target),
+                                                 std::move(dispatcher), std::move(executor),
+                                                 options)),
+      lifecycle_({"server", options.hangWarningAfter, options.log},
+                 [this] { core_->executor_->stop(); },
+                 [this](Deadline deadline) {
+                   if (Status s = core_->executor_->wait(deadline); !s) return s;
+                   core_->releaseListener();
+                   return Status::ok();
+                 },
+                 [this] { return core_->executor_->isExecutorThread(); }) {}
+
+MessageHandlingServer::~MessageHandlingServer() {
+  stop();
+  if (Status s = wait(); !s) {
+    core_->options_.log(LogLevel::kError, "server", "destructor: " + s.toString());
+  }
+}
+
+Status MessageHandlingServer::start() {
+  return lifecycle_.start([this] {
+    if (Status s = core_->listen(); !s) return s;
+    if (Status s = core_->executor_->start(*core_); !s) {
+      core_->releaseListener();
+      return s;
+    }
+    return Status::ok();
+  });
+}
+
+Status MessageHandlingServer::execute() { return core_->executor_->execute(); }
+
+void MessageHandlingServer::stop() { lifecycle_.stop(); }
+
+Status MessageHandlingServer::wait(Deadline deadline) { return lifecycle_.wait(deadline); }
+
+const Target& MessageHandlingServer::target() const { return core_->target_; }
+
+Executor& MessageHandlingServer::executor() { return *core_->executor_; }
+
+MessageHandlingServer::Stats MessageHandlingServer::stats() const {
+  Stats s;
+  s.received = core_->received_.load();
+  s.replied = core_->replied_.load();
+  s.failed = core_->failed_.load();
+  s.rejected = core_->rejected_.load();
+  s.dropped = core_->dropped_.load();
+  s.cancelled = core_->cancelled_.load();
+  return s;
+}
+
+}  // namespace switchboard

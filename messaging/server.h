@@ -1,1 +1,78 @@
+// MessageHandlingServer: takes messages for a Target from a Transport and runs them on an
+// Executor through an RpcDispatcher, with the lifecycle contract of docs/ARCHITECTURE.md.
 #pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+
+#include "base/deadline.h"
+#include "base/log.h"
+#include "base/status.h"
+#include "executors/executor.h"
+#include "executors/lifecycle.h"
+#include "messaging/dispatcher.h"
+#include "messaging/serializer.h"
+#include "messaging/target.h"
+#include "transports/transport.h"
+
+namespace switchboard {
+
+namespace detail {
+class ServerCore;
+}
+
+// Thread-safe. Lifecycle (the same as Executor's):
+//   start()    non-blocking: listens and arms the executor; concurrent callers wait for the one
+//              run; no-op when running; after a stop() it first finishes the old epoch's wait();
+//              a failed start() (bad target, listen error) returns the error and may be retried.
+//   execute()  blocking executor only: serves on the calling thread until stop().
+//   stop()     non-blocking, idempotent, any thread including a handler; after it returns no new
+//              message is dispatched.
+//   wait(d)    until every accepted message is handled and replied, threads joined and the
+//              listener released; kTimeout at `d`; kWouldDeadlock from a handler thread.
+//   ~          stop() + wait().
+class MessageHandlingServer final {
+ public:
+  struct Options {
+    size_t pollBatch = 64;  // messages taken from the transport per poll
+    const Serializer* serializer = nullptr;  // borrowed; null means pass-through
+    LogSink log = stderrLogSink();
+    Duration hangWarningAfter = std::chrono::seconds(10);
+  };
+
+  // Counters since construction.
+  struct Stats {
+    uint64_t received = 0;       // messages taken from the transport
+    uint64_t replied = 0;        // replies sent (results and errors)
+    uint64_t failed = 0;         // calls answered with an error
+    uint64_t rejected = 0;       // calls refused by the executor (overload, shutdown)
+    uint64_t dropped = 0;        // messages that could not be answered (malformed, failed casts)
+    uint64_t cancelled = 0;      // cancel messages that found their call
+  };
+
+  // `transport` must outlive the server. The executor is owned.
+  MessageHandlingServer(Transport& transport, Target target, RpcDispatcher dispatcher,
+                        std::unique_ptr<Executor> executor, Options options);
+  MessageHandlingServer(Transport& transport, Target target, RpcDispatcher dispatcher,
+                        std::unique_ptr<Executor> executor);
+  ~MessageHandlingServer();
+  MessageHandlingServer(const MessageHandlingServer&) = delete;
+  MessageHandlingServer& operator=(const MessageHandlingServer&) = delete;
+
+  Status start();
+  Status execute();
+  void stop();
+  Status wait(Deadline deadline = kNoDeadline);
+
+  bool isRunning() const { return lifecycle_.isRunning(); }
+  const Target& target() const;
+  Executor& executor();
+  Stats stats() const;
+
+ private:
+  std::unique_ptr<detail::ServerCore> core_;
+  Lifecycle lifecycle_;
+};
+
+}  // namespace switchboard
