@@ -48,13 +48,16 @@ Status arityError(size_t expected, size_t got) {
 
 }  // namespace detail
 
-std::string currentExceptionTypeName() {
-  const std::type_info* type = abi::__cxa_current_exception_type();
-  if (type == nullptr) return "unknown";
+std::string demangledTypeName(const std::type_info& type) {
   int status = 0;
   std::unique_ptr<char, void (*)(void*)> demangled(
-      abi::__cxa_demangle(type->name(), nullptr, nullptr, &status), std::free);
-  return status == 0 && demangled ? std::string(demangled.get()) : std::string(type->name());
+      abi::__cxa_demangle(type.name(), nullptr, nullptr, &status), std::free);
+  return status == 0 && demangled ? std::string(demangled.get()) : std::string(type.name());
+}
+
+std::string currentExceptionTypeName() {
+  const std::type_info* type = abi::__cxa_current_exception_type();
+  return type == nullptr ? "unknown" : demangledTypeName(*type);
 }
 
 RpcDispatcher::RpcDispatcher(std::vector<Endpoint> endpoints, AccessPolicy policy)

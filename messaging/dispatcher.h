@@ -5,6 +5,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <typeinfo>
 #include <vector>
 
 #include "base/status.h"
@@ -46,6 +47,8 @@ class RpcDispatcher final {
   AccessPolicy policy_;
 };
 
+// The demangled name of a type, e.g. "std::runtime_error".
+std::string demangledTypeName(const std::type_info& type);
 // The demangled name of the exception being handled (inside a catch block), e.g.
 // "std::runtime_error"; RpcClient::registerException matches it.
 std::string currentExceptionTypeName();
