@@ -208,11 +208,12 @@ void ClientCore::expireLoop() {
     pending_.erase(it);
     lock.unlock();
     timeouts_.fetch_add(1, std::memory_order_relaxed);
-    expired.done(Status(StatusCode::kTimeout, "no reply before the deadline"));
     // Tell the server the caller gave up (best effort: a handler may watch isCancelled()).
     std::string cancel;
     encodeMessage(CancelMessage{id}, cancel);
-    (void)channel_->send(expired.to, std::move(cancel), deadlineAfter(std::chrono::milliseconds(100)));
+    (void)channel_->send(expired.to, std::move(cancel),
+                         deadlineAfter(std::chrono::milliseconds(100)));
+    expired.done(Status(StatusCode::kTimeout, "no reply before the deadline"));
     lock.lock();
   }
 }

@@ -45,12 +45,12 @@ class RpcClient {
 
   // prepare()'s overrides; unset fields keep the current value.
   struct Overrides {
-    std::optional<std::string> exchange, topic, server, ns;
-    std::optional<bool> fanout;
-    std::optional<Version> version;
-    std::optional<Duration> timeout;
-    std::optional<Version> versionCap;
-    std::optional<Context> context;
+    std::optional<std::string> exchange{}, topic{}, server{}, ns{};
+    std::optional<bool> fanout{};
+    std::optional<Version> version{};
+    std::optional<Duration> timeout{};
+    std::optional<Version> versionCap{};
+    std::optional<Context> context{};
   };
 
   struct Stats {

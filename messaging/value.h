@@ -160,6 +160,12 @@ struct ValueTraits<std::string> {
   }
 };
 
+// String literals convert to Values (arguments); nothing converts back to a borrowed pointer.
+template <>
+struct ValueTraits<const char*> {
+  static Value to(const char* s) { return Value(s); }
+};
+
 template <>
 struct ValueTraits<Binary> {
   static Value to(Binary b) { return Value(std::move(b)); }
