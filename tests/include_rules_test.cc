@@ -1,0 +1,70 @@
+// The layering rule of docs/ARCHITECTURE.md, checked on the source tree: base/ includes nothing
+// of the project, executors/ only base/, transports/ only base/, messaging/ no tools or tests.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <set>
+#include <string>
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// The project directories that files under `layer` include.
+std::set<std::string> includedLayers(const std::string& layer) {
+  std::set<std::string> found;
+  const std::regex include(R"re(^\s*#\s*include\s*"([a-z_]+)/)re");
+  for (const auto& entry : fs::recursive_directory_iterator(fs::path(SWITCHBOARD_SOURCE_ROOT) / layer)) {
+    if (!entry.is_regular_file()) continue;
+    const auto ext = entry.path().extension();
+    if (ext != ".h" && ext != ".cc") continue;
+    std::ifstream in(entry.path());
+    std::string line;
+    std::smatch m;
+    while (std::getline(in, line)) {
+      if (std::regex_search(line, m, include)) found.insert(m[1]);
+    }
+  }
+  return found;
+}
+
+TEST(IncludeRulesTest, BaseIncludesNothingOfTheProject) {
+  EXPECT_EQ(includedLayers("base"), (std::set<std::string>{"base"}));
+}
+
+TEST(IncludeRulesTest, ExecutorsIncludeOnlyBase) {
+  for (const auto& layer : includedLayers("executors")) {
+    EXPECT_TRUE(layer == "base" || layer == "executors") << "executors/ includes " << layer;
+  }
+}
+
+TEST(IncludeRulesTest, TransportsIncludeOnlyBase) {
+  for (const auto& layer : includedLayers("transports")) {
+    EXPECT_TRUE(layer == "base" || layer == "transports") << "transports/ includes " << layer;
+  }
+}
+
+TEST(IncludeRulesTest, MessagingDoesNotReachUp) {
+  for (const auto& layer : includedLayers("messaging")) {
+    EXPECT_TRUE(layer != "tools" && layer != "tests") << "messaging/ includes " << layer;
+  }
+}
+
+TEST(IncludeRulesTest, MsgpackStaysInTheCodec) {
+  const std::regex msgpack(R"re(#\s*include\s*[<"]msgpack)re");
+  for (const char* layer : {"base", "executors", "transports", "messaging"}) {
+    for (const auto& entry :
+         fs::recursive_directory_iterator(fs::path(SWITCHBOARD_SOURCE_ROOT) / layer)) {
+      if (!entry.is_regular_file()) continue;
+      std::ifstream in(entry.path());
+      const std::string text((std::istreambuf_iterator<char>(in)), {});
+      if (std::regex_search(text, msgpack)) {
+        EXPECT_EQ(entry.path().filename(), "codec.cc") << entry.path();
+      }
+    }
+  }
+}
+
+}  // namespace
