@@ -95,9 +95,10 @@ class Executor {
   virtual void stop() = 0;
   virtual Status wait(Deadline deadline = kNoDeadline) = 0;
 
-  // Runs `fn` on the thread(s) that run tasks, at or after `when`, while this epoch runs.
-  // Returns kShuttingDown once stopped: pending timers are dropped (destroyed) when the loop
-  // ends, so a timer that owns a reply must answer it from its destructor.
+  // Runs `fn` on an executor thread at or after `when`. Accepted from start() until the epoch's
+  // loop ends, which is after stop() once no work guard is left: in-flight work keeps
+  // scheduling while it drains. kShuttingDown afterwards. Timers still pending when the loop
+  // ends are destroyed unrun, so a timer that owns a reply answers it from its destructor.
   virtual Status runAt(Deadline when, std::function<void()> fn) = 0;
   // A guard that keeps the current epoch open (wait() waits for it); empty when not running.
   virtual WorkGuard acquireWork() = 0;

@@ -67,6 +67,21 @@ bool RpcDispatcher::isCallable(std::string_view method) const {
   return !method.empty() && (policy_ == AccessPolicy::kAll || method.front() != '_');
 }
 
+Value RpcDispatcher::introspect() const {
+  Array out;
+  for (const Endpoint& endpoint : endpoints_) {
+    Array methods;
+    for (const auto& [name, method] : endpoint.methods()) {
+      if (!isCallable(name)) continue;
+      methods.push_back(Map{{"name", name}, {"signature", method.signature.toString(name)}});
+    }
+    out.push_back(Map{{"namespace", endpoint.ns()},
+                      {"version", endpoint.version().toString()},
+                      {"methods", std::move(methods)}});
+  }
+  return out;
+}
+
 Result<Value> RpcDispatcher::dispatch(CallContext& ctx, std::string_view ns,
                                       const std::optional<Version>& version,
                                       std::string_view method, const Array& params) const {

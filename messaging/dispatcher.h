@@ -38,6 +38,9 @@ class RpcDispatcher final {
                          const std::optional<Version>& version, std::string_view method,
                          const Array& params) const;
 
+  // The callable methods: [{"namespace", "version", "methods": [{"name", "signature"}]}].
+  Value introspect() const;
+
   const std::vector<Endpoint>& endpoints() const { return endpoints_; }
   // True when `method` may be called remotely under the policy.
   bool isCallable(std::string_view method) const;

@@ -61,6 +61,7 @@ class ServerCore final : public TaskSource {
   // guarded by callsMutex_: cancel flags of calls in flight, by "peer/msgid"
   std::unordered_map<std::string, std::shared_ptr<std::atomic<bool>>> calls_;
 
+  std::atomic<bool> draining_{false};  // set by stop(), cleared by start()
   std::atomic<uint64_t> received_{0}, replied_{0}, failed_{0}, rejected_{0}, dropped_{0},
       cancelled_{0};
 };
@@ -127,6 +128,14 @@ class RequestTask final : public Task {
       reply_->send(Status(StatusCode::kBadArguments, std::string("serializer: ") + e.what()));
       return;
     }
+    if (request_.method == "_health") {
+      reply_->send(Value(core.draining_.load() ? "draining" : "serving"));
+      return;
+    }
+    if (request_.method == "_introspect") {
+      reply_->send(core.dispatcher_.introspect());
+      return;
+    }
     CallContext ctx(reply_->context_, request_.method, reply_->message_->peer(), deadline_,
                     cancelled_, core.executor_.get(), reply_);
     Result<Value> outcome =
@@ -146,45 +155,67 @@ class RequestTask final : public Task {
   std::shared_ptr<std::atomic<bool>> cancelled_;
 };
 
-// Runs one notification (a cast): no reply; failures are logged and counted.
+// The outcome of a cast: nothing goes back; a failure is logged and counted. Holds the
+// executor's epoch open until the handler (or its deferred completion) is done.
+class CastOutcome final : public ReplySink {
+ public:
+  CastOutcome(ServerCore& core, std::string method, WorkGuard work)
+      : core_(core), method_(std::move(method)), work_(std::move(work)) {}
+  void send(Result<Value> outcome) override {
+    if (sent_.exchange(true)) return;
+    if (!outcome) core_.failedCast(method_, outcome.status());
+    work_.reset();
+  }
+
+ private:
+  ServerCore& core_;
+  const std::string method_;
+  std::atomic<bool> sent_{false};
+  WorkGuard work_;
+};
+
+// Runs one notification (a cast) through the dispatcher.
 class CastTask final : public Task {
  public:
   CastTask(ServerCore& core, IncomingPtr message, NotificationMessage cast, WorkGuard work)
-      : core_(core), message_(std::move(message)), cast_(std::move(cast)), work_(std::move(work)) {}
+      : core_(core),
+        message_(std::move(message)),
+        cast_(std::move(cast)),
+        outcome_(std::make_shared<CastOutcome>(core, cast_.method, std::move(work))) {}
 
   void run() noexcept override {
     message_->acknowledge();
     std::optional<Version> version;
     if (!cast_.ext.version.empty()) {
       Result<Version> parsed = Version::parse(cast_.ext.version);
-      if (!parsed) return core_.failedCast(cast_.method, parsed.status());
+      if (!parsed) return outcome_->send(parsed.status());
       version = *parsed;
     }
-    Result<Value> outcome = Status(StatusCode::kInvalidState, "not dispatched");
     try {
       Context context = core_.serializer_->deserializeContext(cast_.ext.context);
       for (Value& p : cast_.params) {
         p = core_.serializer_->deserializeEntity(context, std::move(p));
       }
       CallContext ctx(std::move(context), cast_.method, message_->peer(), kNoDeadline, nullptr,
-                      core_.executor_.get(), nullptr);
-      outcome = core_.dispatcher_.dispatch(ctx, cast_.ext.ns, version, cast_.method, cast_.params);
+                      core_.executor_.get(), outcome_);
+      Result<Value> outcome =
+          core_.dispatcher_.dispatch(ctx, cast_.ext.ns, version, cast_.method, cast_.params);
+      if (!ctx.deferred()) outcome_->send(std::move(outcome));
     } catch (const std::exception& e) {
-      outcome = Status(StatusCode::kBadArguments, std::string("serializer: ") + e.what());
+      outcome_->send(Status(StatusCode::kBadArguments, std::string("serializer: ") + e.what()));
     }
-    if (!outcome) core_.failedCast(cast_.method, outcome.status());
   }
 
   void reject(Status why) noexcept override {
     message_->acknowledge();
-    core_.failedCast(cast_.method, why);
+    outcome_->send(std::move(why));
   }
 
  private:
   ServerCore& core_;
   IncomingPtr message_;
   NotificationMessage cast_;
-  WorkGuard work_;
+  std::shared_ptr<CastOutcome> outcome_;
 };
 
 Status ServerCore::listen() {
@@ -318,7 +349,10 @@ MessageHandlingServer::MessageHandlingServer(Transport& transport, Target target
                                                  std::move(dispatcher), std::move(executor),
                                                  options)),
       lifecycle_({"server", options.hangWarningAfter, options.log},
-                 [this] { core_->executor_->stop(); },
+                 [this] {
+                   core_->draining_.store(true);
+                   core_->executor_->stop();
+                 },
                  [this](Deadline deadline) {
                    if (Status s = core_->executor_->wait(deadline); !s) return s;
                    core_->releaseListener();
@@ -336,6 +370,7 @@ MessageHandlingServer::~MessageHandlingServer() {
 Status MessageHandlingServer::start() {
   return lifecycle_.start([this] {
     if (Status s = core_->listen(); !s) return s;
+    core_->draining_.store(false);
     if (Status s = core_->executor_->start(*core_); !s) {
       core_->releaseListener();
       return s;

@@ -22,6 +22,8 @@ namespace detail {
 class ServerCore;
 }
 
+// Every server also answers two built-ins, whatever the access policy: "_health" -> "serving"
+// or "draining" (after stop()), and "_introspect" -> RpcDispatcher::introspect().
 // Thread-safe. Lifecycle (the same as Executor's):
 //   start()    non-blocking: listens and arms the executor; concurrent callers wait for the one
 //              run; no-op when running; after a stop() it first finishes the old epoch's wait();

@@ -294,11 +294,16 @@ class ZmqChannel final : public ClientChannel {
   void ioLoop() {
     std::deque<Outgoing> pending;  // I/O thread only: not yet accepted by the socket
     for (;;) {
+      bool stopping = false;
       {
         std::lock_guard<std::mutex> lock(mutex_);
-        if (stopping_) break;
+        stopping = stopping_;
         for (auto& o : outbox_) pending.push_back(std::move(o));
         outbox_.clear();
+      }
+      if (stopping) {
+        flushOnClose(pending);
+        break;
       }
       Deadline next = kNoDeadline;
       try {
@@ -324,6 +329,26 @@ class ZmqChannel final : public ClientChannel {
       }
     }
     dealer_.close();
+  }
+
+  // Hands what is still unsent to the socket, waiting for room no longer than the linger
+  // period; LINGER then bounds how long the socket keeps trying to deliver it.
+  void flushOnClose(std::deque<Outgoing>& pending) {
+    const Deadline giveUp = deadlineAfter(std::chrono::milliseconds(shared_->options_.lingerMs));
+    try {
+      while (!pending.empty() && Clock::now() < giveUp) {
+        if (dealer_.send(zmq::buffer(pending.front().bytes), zmq::send_flags::dontwait)) {
+          pending.pop_front();
+          continue;
+        }
+        zmq_pollitem_t item{dealer_.handle(), 0, ZMQ_POLLOUT, 0};
+        zmq::poll(&item, 1, std::chrono::milliseconds(pollTimeoutMs(giveUp)));
+      }
+    } catch (const zmq::error_t&) {
+    }
+    for (size_t i = 0; i < pending.size(); ++i) {
+      shared_->drop(shared_->sendsExpired_, "message not sent before the channel closed");
+    }
   }
 
   void receiveAll() {

@@ -52,9 +52,7 @@ bool ReceiveLoop::waitFinished(Deadline deadline) {
 
 Status ReceiveLoop::runAt(Deadline when, std::function<void()> fn) {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (!armed_ || stopRequested_) {
-    return Status(StatusCode::kShuttingDown, component_ + ": not running");
-  }
+  if (!armed_) return Status(StatusCode::kShuttingDown, component_ + ": not running");
   timers_.emplace(when, std::move(fn));
   wake();
   return Status::ok();
