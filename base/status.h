@@ -65,6 +65,10 @@ class [[nodiscard]] Status {
   std::string toString() const;
   // Throws exception() if set, else StatusError. Precondition: !isOk().
   [[noreturn]] void raise() const;
+  // Throws like raise() when not ok; returns otherwise (for code that prefers exceptions).
+  void value() const {
+    if (!isOk()) raise();
+  }
 
   friend bool operator==(const Status& a, const Status& b) {
     return a.code() == b.code() && a.message() == b.message();
@@ -141,9 +145,6 @@ class [[nodiscard]] Result<void> : public Status {
   Result() = default;
   Result(Status status) : Status(std::move(status)) {}  // NOLINT
   Status status() const { return *this; }
-  void value() const {
-    if (!isOk()) raise();
-  }
 };
 
 }  // namespace switchboard

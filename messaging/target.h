@@ -28,12 +28,12 @@ struct Version {
 };
 
 struct Target {
-  std::string exchange;
-  std::string topic;
-  std::string server;
+  std::string exchange{};
+  std::string topic{};
+  std::string server{};
   bool fanout = false;
-  std::string ns;                  // endpoint namespace; empty is the default namespace
-  std::optional<Version> version;  // requested (client) or provided (endpoint)
+  std::string ns{};                  // endpoint namespace; empty is the default namespace
+  std::optional<Version> version{};  // requested (client) or provided (endpoint)
 
   Address address() const { return Address{exchange, topic, server, fanout}; }
   // A server listens on a topic and has a name: both required, fanout not allowed.
