@@ -18,7 +18,17 @@ BlockingExecutor::BlockingExecutor(ExecutorOptions options)
                    loop_.finishWithoutRunning();
                    (void)thread_.execute();
                  },
-                 [this](Deadline deadline) { return thread_.join(deadline); },
+                 [this](Deadline deadline) {
+                   Status joined = thread_.join(deadline);
+                   if (joined && !loop_.waitFinished(deadline)) {
+                     joined = Status(StatusCode::kTimeout, "work guards still held");
+                   }
+                   if (joined) {
+                     std::lock_guard<std::mutex> lock(mutex_);
+                     run_ = Run::kIdle;  // the epoch is over: execute() needs a new start()
+                   }
+                   return joined;
+                 },
                  [this] { return isExecutorThread(); }) {}
 
 BlockingExecutor::~BlockingExecutor() {

@@ -35,14 +35,13 @@ void ReceiveLoop::requestStop() {
 
 void ReceiveLoop::finishWithoutRunning() {
   std::multimap<Deadline, std::function<void()>> dropped;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    armed_ = false;
-    done_ = true;
-    source_ = nullptr;
-    dropped.swap(timers_);
-    finished_.notify_all();
-  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  dropped.swap(timers_);  // destroyed after the lock is released (declared first)
+  armed_ = false;
+  source_ = nullptr;
+  // Work guards taken before the stop still hold the epoch: the last release finishes it.
+  done_ = outstanding_ == 0;
+  if (done_) finished_.notify_all();
 }
 
 bool ReceiveLoop::waitFinished(Deadline deadline) {
@@ -67,7 +66,12 @@ WorkGuard ReceiveLoop::acquireWork() {
 
 void ReceiveLoop::releaseWork() {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (--outstanding_ == 0 && stopRequested_) wake();
+  if (--outstanding_ != 0) return;
+  if (stopRequested_) wake();
+  if (!armed_ && !done_) {  // finished without running: this was the last guard
+    done_ = true;
+    finished_.notify_all();
+  }
 }
 
 void ReceiveLoop::run(const Handoff& handoff) {
@@ -107,12 +111,23 @@ void ReceiveLoop::run(const Handoff& handoff) {
       due.clear();
       continue;
     }
-    if (Status polled = source->poll(next, tasks); !polled) {
-      log_(LogLevel::kError, component_, "task source failed: " + polled.toString());
+    Status polled = source->poll(next, tasks);
+    bool stoppedMeanwhile = false;
+    {
       std::lock_guard<std::mutex> lock(mutex_);
-      stopRequested_ = true;  // a broken source yields nothing more: drain and end
+      stoppedMeanwhile = stopRequested_;
+      if (!polled) stopRequested_ = true;  // a broken source yields nothing more: drain and end
     }
-    for (auto& task : tasks) handoff(std::move(task));
+    if (!polled) log_(LogLevel::kError, component_, "task source failed: " + polled.toString());
+    // After stop() has returned no task may run: what a racing poll still took is refused,
+    // which answers its sender.
+    for (auto& task : tasks) {
+      if (stoppedMeanwhile) {
+        task->reject(Status(StatusCode::kShuttingDown, component_ + ": stopping"));
+      } else {
+        handoff(std::move(task));
+      }
+    }
     tasks.clear();
   }
   std::multimap<Deadline, std::function<void()>> dropped;

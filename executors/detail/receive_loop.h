@@ -32,7 +32,8 @@ class ReceiveLoop final {
   void run(const Handoff& handoff);
   // Non-blocking: no task is polled after the current batch.
   void requestStop();
-  // Marks the epoch finished without run() (a blocking executor stopped before execute()).
+  // Ends the epoch without run() (a blocking executor stopped before execute()): pending
+  // timers are dropped; the epoch is finished once no work guard is left.
   void finishWithoutRunning();
   // True once run() has returned (or finishWithoutRunning() was called) for this epoch.
   bool waitFinished(Deadline deadline);
