@@ -245,8 +245,9 @@ Status ServerCore::poll(Deadline deadline, std::vector<TaskPtr>& out) {
         encodeMessage(ResponseMessage{*error.msgid, error.status, Value()}, bytes);
         failed_.fetch_add(1, std::memory_order_relaxed);
         if (message->reply(std::move(bytes))) replied_.fetch_add(1, std::memory_order_relaxed);
+      } else {
+        dropped(error.status.message());
       }
-      dropped(error.status.message());
       message->acknowledge();
       continue;
     }

@@ -1,0 +1,250 @@
+// switchboard-server as a child process, driven by switchboard-call, by raw ZeroMQ peers sending
+// hostile input thousands of times, and by the Python interop client of tests/interop/.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+#include <zmq.hpp>
+#include <zmq_addon.hpp>
+
+#include "messaging/detail/wire.h"
+
+namespace switchboard {
+namespace {
+
+using detail::decodeMessage;
+using detail::encodeMessage;
+using detail::RequestMessage;
+using detail::ResponseMessage;
+
+std::string envOr(const char* name, const std::string& fallback) {
+  const char* v = std::getenv(name);
+  return v ? std::string(v) : fallback;
+}
+
+// A switchboard-server child on a free tcp port; SIGTERM and reaped on destruction.
+class ServerProcess {
+ public:
+  explicit ServerProcess(const std::string& executor) {
+    int out[2];
+    EXPECT_EQ(::pipe(out), 0);
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::dup2(out[1], STDOUT_FILENO);
+      ::close(out[0]);
+      ::close(out[1]);
+      const std::string server = envOr("SWITCHBOARD_SERVER", "switchboard-server");
+      ::execl(server.c_str(), server.c_str(), "--listen", "tcp://127.0.0.1:0", "--executor",
+              executor.c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    ::close(out[1]);
+    stdout_ = ::fdopen(out[0], "r");
+    // The first line is "listening on URL"; fgets returns at once if the child dies (EOF).
+    std::array<char, 512> line{};
+    if (std::fgets(line.data(), line.size(), stdout_) != nullptr) {
+      const std::string text(line.data());
+      const std::string prefix = "listening on ";
+      if (text.rfind(prefix, 0) == 0) url_ = text.substr(prefix.size(), text.size() - prefix.size() - 1);
+    }
+  }
+  ~ServerProcess() {
+    if (pid_ > 0 && !reaped_) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    if (stdout_) std::fclose(stdout_);
+  }
+  const std::string& url() const { return url_; }
+  pid_t pid() const { return pid_; }
+
+  // SIGTERM, then the exit status (bounded: SIGKILL after 10 s).
+  int terminate() {
+    ::kill(pid_, SIGTERM);
+    for (int i = 0; i < 1000; ++i) {
+      int status = 0;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        reaped_ = true;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      ::usleep(10000);  // polling a child's exit: there is no waker to wait on
+    }
+    return -1;
+  }
+
+  // Resident memory in KiB, from /proc.
+  long rssKiB() const {
+    std::ifstream status("/proc/" + std::to_string(pid_) + "/status");
+    std::string key;
+    long value = 0;
+    while (status >> key) {
+      if (key == "VmRSS:") {
+        status >> value;
+        return value;
+      }
+      status.ignore(1 << 12, '\n');
+    }
+    return -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  FILE* stdout_ = nullptr;
+  std::string url_;
+  bool reaped_ = false;
+};
+
+struct CommandResult {
+  int exitCode = -1;
+  std::string out;
+};
+
+// Runs a shell command line, capturing stdout (stderr to stdout with 2>&1 in `command`).
+CommandResult run(const std::string& command) {
+  CommandResult r;
+  FILE* p = ::popen(command.c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int status = ::pclose(p);
+  r.exitCode = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+class ToolsProcessTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  std::string call(const std::string& url, const std::string& args) {
+    return envOr("SWITCHBOARD_CALL", "switchboard-call") + " --connect " + url + " " + args;
+  }
+};
+
+TEST_P(ToolsProcessTest, CliCallsTheServerAndReportsTypedErrors) {
+  ServerProcess server(GetParam());
+  ASSERT_FALSE(server.url().empty()) << "server did not print its endpoint";
+  auto r = run(call(server.url(), "echo '\"hi\"'"));
+  EXPECT_EQ(r.exitCode, 0);
+  EXPECT_EQ(r.out, "\"hi\"\n");
+  r = run(call(server.url(), "add 2 3"));
+  EXPECT_EQ(r.out, "5\n");
+  r = run(call(server.url(), "echo '{\"a\":[1,2.5,null,true]}'"));
+  EXPECT_EQ(r.out, "{\"a\":[1,2.5,null,true]}\n");
+  r = run(call(server.url(), "fail '\"boom\"' 2>&1"));
+  EXPECT_EQ(r.exitCode, 4);
+  EXPECT_NE(r.out.find("\"code\":\"RemoteError\""), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("boom"), std::string::npos);
+  r = run(call(server.url(), "--timeout 200 sleep 5000 2>&1"));
+  EXPECT_EQ(r.exitCode, 3) << r.out;
+  r = run(call(server.url(), "add 1 2>&1"));
+  EXPECT_EQ(r.exitCode, 4);
+  EXPECT_NE(r.out.find("BadArguments"), std::string::npos);
+  r = run(call(server.url(), "echo '{bad json' 2>&1"));
+  EXPECT_EQ(r.exitCode, 2);
+  r = run(call(server.url(), "--cast echo 1"));
+  EXPECT_EQ(r.exitCode, 0);
+  r = run(call(server.url(), "_health"));
+  EXPECT_EQ(r.out, "\"serving\"\n");
+  r = run(call(server.url(), "_introspect"));
+  EXPECT_NE(r.out.find("sleep(ms: integer)"), std::string::npos) << r.out;
+  EXPECT_EQ(server.terminate(), 0);
+}
+
+TEST_P(ToolsProcessTest, SigtermDrainsCallsInFlight) {
+  ServerProcess server(GetParam());
+  ASSERT_FALSE(server.url().empty());
+  zmq::context_t context;
+  zmq::socket_t dealer(context, zmq::socket_type::dealer);
+  dealer.set(zmq::sockopt::linger, 0);
+  dealer.set(zmq::sockopt::rcvtimeo, 10000);
+  dealer.connect(server.url());
+  dealer.send(zmq::buffer(encodeMessage(RequestMessage{1, "sleep", {300}, {}})));
+  // The call is in flight once an echo sent after it has been answered (one connection, one
+  // receiving thread: the sleep was taken first).
+  dealer.send(zmq::buffer(encodeMessage(RequestMessage{2, "echo", {1}, {}})));
+  zmq::message_t reply;
+  ASSERT_TRUE(dealer.recv(reply).has_value());
+  ::kill(server.pid(), SIGTERM);
+  ASSERT_TRUE(dealer.recv(reply).has_value()) << "the in-flight sleep was not answered";
+  auto decoded = decodeMessage(reply.to_string_view());
+  ASSERT_TRUE(decoded.isOk());
+  const auto& response = std::get<ResponseMessage>(decoded.message());
+  EXPECT_EQ(response.msgid, 1u);
+  EXPECT_EQ(response.result, Value(300));
+  EXPECT_EQ(server.terminate(), 0);
+}
+
+TEST_P(ToolsProcessTest, SurvivesHostileInputWithBoundedMemory) {
+  ServerProcess server(GetParam());
+  ASSERT_FALSE(server.url().empty());
+  zmq::context_t context;
+  zmq::socket_t dealer(context, zmq::socket_type::dealer);
+  dealer.set(zmq::sockopt::linger, 0);
+  dealer.set(zmq::sockopt::rcvtimeo, 10000);
+  dealer.set(zmq::sockopt::sndtimeo, 10000);
+  dealer.connect(server.url());
+  auto echoWorks = [&](uint32_t id) {
+    dealer.send(zmq::buffer(encodeMessage(RequestMessage{id, "echo", {"ok"}, {}})));
+    for (;;) {  // skip the error replies to the hostile requests that had a msgid
+      std::vector<zmq::message_t> frames;
+      if (!zmq::recv_multipart(dealer, std::back_inserter(frames))) return false;
+      auto decoded = decodeMessage(frames.back().to_string_view());
+      if (!decoded) return false;
+      const auto& r = std::get<ResponseMessage>(decoded.message());
+      if (r.msgid == id) return r.error.isOk() && r.result == Value("ok");
+    }
+  };
+  ASSERT_TRUE(echoWorks(1'000'000));
+
+  const std::string hugeName(1 << 20, 'm');
+  const std::vector<std::string> hostile = {
+      std::string("\xc1", 1),                       // a never-used byte
+      std::string("\xdd\xff\xff\xff\xff", 5),       // array32 claiming 4G elements
+      std::string(100000, '\x91'),                  // 100,000-deep nesting
+      std::string(17 << 20, 'x').substr(0, 0) + std::string("\x94\x00\x01", 3),  // truncated
+      encodeMessage(RequestMessage{5, "add", {1}, {}}),                     // wrong arity
+      std::string("\x94\xa1x\xa4\x65\x63\x68\x6f\x90", 9),           // msgid not an integer
+      std::string("\x93\x07\x01\x02", 4),                            // unknown kind 7
+      encodeMessage(RequestMessage{6, hugeName, {}, {}}),            // 1 MB method name
+  };
+  // The first rounds warm the allocator and ZeroMQ's buffers up; after them, thousands more
+  // rounds must not grow the server: memory is bounded, not proportional to the input.
+  constexpr int kWarmUpRounds = 500;
+  constexpr int kRounds = 4000;
+  long before = -1;
+  for (int round = 0; round < kRounds; ++round) {
+    for (const std::string& bytes : hostile) {
+      // The 1 MB name is sent less often: it is the slowest to move, not the most telling.
+      if (bytes.size() > 100000 && round % 50 != 0) continue;
+      ASSERT_TRUE(dealer.send(zmq::buffer(bytes)).has_value());
+    }
+    if (round % 100 == 99) ASSERT_TRUE(echoWorks(round));  // paces the sender
+    if (round == kWarmUpRounds) before = server.rssKiB();
+  }
+  ASSERT_TRUE(echoWorks(2'000'000));
+  const long after = server.rssKiB();
+  EXPECT_LT(after - before, 10 * 1024) << "RSS grew from " << before << " to " << after << " KiB";
+  EXPECT_EQ(server.terminate(), 0);
+}
+
+TEST_P(ToolsProcessTest, PythonClientWrittenFromTheProtocolDoc) {
+  const std::string script =
+      std::string(SWITCHBOARD_SOURCE_ROOT) + "/tests/interop/zmq_client.py";
+  if (::access("/usr/bin/python3", X_OK) != 0 || ::access(script.c_str(), R_OK) != 0) {
+    GTEST_SKIP() << "needs /usr/bin/python3 with python3-zmq and python3-msgpack";
+  }
+  auto r = run("/usr/bin/python3 " + script + " " +
+               envOr("SWITCHBOARD_SERVER", "switchboard-server") + " " + GetParam() + " 2>&1");
+  EXPECT_EQ(r.exitCode, 0) << r.out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Executors, ToolsProcessTest,
+                         ::testing::Values("threadpool", "blocking", "eventloop"));
+
+}  // namespace
+}  // namespace switchboard

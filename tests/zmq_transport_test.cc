@@ -1,0 +1,233 @@
+// ZeroMQ transport end to end: RpcClient -> DEALER -> ROUTER -> server, over tcp loopback, ipc
+// and inproc, for every executor; plus raw-socket peers (REQ, DEALER) and malformed frames.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <future>
+#include <latch>
+#include <zmq.hpp>
+#include <zmq_addon.hpp>
+
+#include "messaging/detail/wire.h"
+#include "messaging/rpc_client.h"
+#include "messaging/server.h"
+#include "tests/support/executor_kinds.h"
+#include "transports/transport_factory.h"
+
+namespace switchboard {
+namespace {
+
+using namespace std::chrono_literals;
+using detail::decodeMessage;
+using detail::encodeMessage;
+using detail::RequestMessage;
+using detail::ResponseMessage;
+
+constexpr auto kWait = 10s;
+
+Endpoint service(std::atomic<int>* casts = nullptr) {
+  Endpoint ep;
+  ep.method("echo", [](Value v) { return v; });
+  ep.method("add", [](int64_t a, int64_t b) { return a + b; });
+  ep.method("fail", [](std::string m) -> int { throw std::runtime_error(m); });
+  ep.method("note", [casts]() {
+    if (casts) ++*casts;
+  });
+  ep.method("later", [](CallContext& ctx, int64_t ms) {
+    auto reply = std::make_shared<DeferredReply>(ctx.defer());
+    (void)ctx.executor()->runAt(deadlineAfter(std::chrono::milliseconds(ms)),
+                                [reply, ms] { reply->complete(ms); });
+  });
+  return ep;
+}
+
+std::string endpointFor(const std::string& scheme) {
+  static std::atomic<int> counter{0};
+  const std::string unique = std::to_string(::getpid()) + "-" + std::to_string(counter++);
+  if (scheme == "tcp") return "tcp://127.0.0.1:*";
+  if (scheme == "ipc") return "ipc:///tmp/switchboard-test-" + unique + ".sock";
+  return "inproc://switchboard-test-" + unique;
+}
+
+// Param: executor kind x URL scheme.
+template <typename Kind>
+class ZmqEndToEndTest : public ::testing::Test {
+ protected:
+  // Starts a server on a fresh endpoint of `scheme`; returns the URL clients connect to.
+  std::string serve(const std::string& scheme, Endpoint ep) {
+    server_transport_ = std::make_unique<ZmqTransport>(factory_.zmqContext(), endpointFor(scheme));
+    server_ = std::make_unique<MessageHandlingServer>(
+        *server_transport_, Target{.topic = "t", .server = "s"}, RpcDispatcher({std::move(ep)}),
+        Kind::make());
+    EXPECT_TRUE(server_->start().isOk());
+    serving_ = std::make_unique<testing::ServingThread>(*server_, Kind::kBlocking);
+    return server_transport_->boundEndpoint();
+  }
+
+  RpcClient client(const std::string& url, Duration timeout = kWait) {
+    client_transport_ = factory_.makeTransport(url).value();
+    RpcClient::Options options;
+    options.timeout = timeout;
+    return RpcClient::create(*client_transport_, Target{.topic = "t"}, options).value();
+  }
+
+  void TearDown() override {
+    if (server_) {
+      server_->stop();
+      EXPECT_TRUE(server_->wait(deadlineAfter(kWait)).isOk());
+    }
+    serving_.reset();
+  }
+
+  TransportFactory factory_;
+  std::unique_ptr<ZmqTransport> server_transport_;
+  std::unique_ptr<Transport> client_transport_;
+  std::unique_ptr<MessageHandlingServer> server_;
+  std::unique_ptr<testing::ServingThread> serving_;
+};
+
+using Kinds = ::testing::Types<testing::BlockingKind, testing::EventLoopKind,
+                               testing::ThreadPoolKind>;
+TYPED_TEST_SUITE(ZmqEndToEndTest, Kinds);
+
+TYPED_TEST(ZmqEndToEndTest, CallsOverTcpIpcAndInproc) {
+  for (const std::string scheme : {"tcp", "ipc", "inproc"}) {
+    SCOPED_TRACE(scheme);
+    const std::string url = this->serve(scheme, service());
+    RpcClient client = this->client(url);
+    EXPECT_EQ(client.template call<int64_t>("add", 2, 3).value(), 5);
+    EXPECT_EQ(client.template call<std::string>("echo", "hi").value(), "hi");
+    Result<Value> failed = client.callValue("fail", {"boom"});
+    EXPECT_EQ(failed.status().code(), StatusCode::kRemoteError);
+    EXPECT_EQ(failed.status().message(), "boom");
+    EXPECT_EQ(client.callValue("nope", {}).status().code(), StatusCode::kNoSuchMethod);
+    this->TearDown();
+    this->server_.reset();
+  }
+}
+
+TYPED_TEST(ZmqEndToEndTest, ManyCallsInFlightAndLargePayloads) {
+  const std::string url = this->serve("tcp", service());
+  RpcClient client = this->client(url);
+  std::vector<boost::future<Result<Value>>> futures;
+  constexpr int kCalls = 500;
+  for (int i = 0; i < kCalls; ++i) futures.push_back(client.callAsync("add", {i, i}));
+  for (int i = 0; i < kCalls; ++i) {
+    ASSERT_EQ(futures[i].wait_for(boost::chrono::seconds(10)), boost::future_status::ready);
+    EXPECT_EQ(futures[i].get()->asInt(), 2 * i);
+  }
+  const std::string big(1 << 20, 'x');
+  EXPECT_EQ(client.template call<std::string>("echo", big).value(), big);
+}
+
+TYPED_TEST(ZmqEndToEndTest, CastsAndDeferredReplies) {
+  std::atomic<int> casts{0};
+  const std::string url = this->serve("tcp", service(&casts));
+  RpcClient client = this->client(url);
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(client.cast("note").isOk());
+  std::vector<boost::future<Result<Value>>> slow;
+  for (int i = 0; i < 10; ++i) slow.push_back(client.callAsync("later", {20}));
+  for (auto& f : slow) {
+    ASSERT_EQ(f.wait_for(boost::chrono::seconds(10)), boost::future_status::ready);
+    EXPECT_EQ(f.get()->asInt(), 20);
+  }
+  // Casts were sent before the calls on one connection, so they were handled before them.
+  EXPECT_EQ(casts.load(), 10);
+}
+
+TYPED_TEST(ZmqEndToEndTest, NoServerMeansTimeoutNotHang) {
+  RpcClient client = this->client("tcp://127.0.0.1:1", 200ms);  // nothing listens on port 1
+  EXPECT_EQ(client.callValue("echo", {1}).status().code(), StatusCode::kTimeout);
+}
+
+// A peer that is not a Switchboard client: a raw socket with msgpack bodies.
+class RawPeerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    transport_ = std::make_unique<ZmqTransport>(factory_.zmqContext(), "tcp://127.0.0.1:*");
+    server_ = std::make_unique<MessageHandlingServer>(
+        *transport_, Target{.topic = "t", .server = "s"}, RpcDispatcher({service()}),
+        testing::ThreadPoolKind::make());
+    ASSERT_TRUE(server_->start().isOk());
+    url_ = transport_->boundEndpoint();
+  }
+  zmq::socket_t socket(zmq::socket_type type) {
+    zmq::socket_t s(context_, type);
+    s.set(zmq::sockopt::linger, 0);
+    s.set(zmq::sockopt::rcvtimeo, 5000);
+    s.connect(url_);
+    return s;
+  }
+  static ResponseMessage receiveResponse(zmq::socket_t& s) {
+    std::vector<zmq::message_t> frames;
+    EXPECT_TRUE(zmq::recv_multipart(s, std::back_inserter(frames)).has_value());
+    EXPECT_FALSE(frames.empty());
+    if (frames.empty()) return {};
+    auto decoded = decodeMessage(frames.back().to_string_view());
+    EXPECT_TRUE(decoded.isOk()) << decoded.status();
+    return decoded ? std::get<ResponseMessage>(decoded.message()) : ResponseMessage{};
+  }
+
+  TransportFactory factory_;
+  zmq::context_t context_;
+  std::unique_ptr<ZmqTransport> transport_;
+  std::unique_ptr<MessageHandlingServer> server_;
+  std::string url_;
+};
+
+TEST_F(RawPeerTest, ReqSocketGetsMessagePackRpcResponses) {
+  zmq::socket_t req = socket(zmq::socket_type::req);
+  req.send(zmq::buffer(encodeMessage(RequestMessage{7, "echo", {"hi"}, {}})));
+  ResponseMessage r = receiveResponse(req);
+  EXPECT_EQ(r.msgid, 7u);
+  EXPECT_TRUE(r.error.isOk());
+  EXPECT_EQ(r.result, Value("hi"));
+  // The exact bytes of docs/PROTOCOL.md.
+  const std::string request("\x94\x00\x01\xa4\x65\x63\x68\x6f\x91\xa2\x68\x69", 12);
+  req.send(zmq::buffer(request));
+  zmq::message_t reply;
+  ASSERT_TRUE(req.recv(reply).has_value());
+  EXPECT_EQ(reply.to_string(), std::string("\x94\x01\x01\xc0\xa2\x68\x69", 7));
+}
+
+TEST_F(RawPeerTest, DealerWithoutDelimiterKeepsManyRequestsInFlight) {
+  zmq::socket_t dealer = socket(zmq::socket_type::dealer);
+  constexpr uint32_t kRequests = 100;
+  for (uint32_t id = 0; id < kRequests; ++id) {
+    dealer.send(zmq::buffer(encodeMessage(RequestMessage{id, "add", {int64_t{id}, 1}, {}})));
+  }
+  std::vector<bool> seen(kRequests, false);
+  for (uint32_t i = 0; i < kRequests; ++i) {
+    ResponseMessage r = receiveResponse(dealer);
+    ASSERT_LT(r.msgid, kRequests);
+    EXPECT_FALSE(seen[r.msgid]);
+    seen[r.msgid] = true;
+    EXPECT_EQ(r.result, Value(int64_t{r.msgid} + 1));
+  }
+}
+
+TEST_F(RawPeerTest, MalformedMessagesAreAnsweredOrDroppedAndServingGoesOn) {
+  zmq::socket_t dealer = socket(zmq::socket_type::dealer);
+  // A request with a readable msgid but a bad method gets a ProtocolError reply.
+  dealer.send(zmq::buffer(std::string("\x94\x00\x09\x2a\x90", 5)));  // [0, 9, 42, []]
+  ResponseMessage r = receiveResponse(dealer);
+  EXPECT_EQ(r.msgid, 9u);
+  EXPECT_EQ(r.error.code(), StatusCode::kProtocolError);
+  // Garbage, an over-size length, deep nesting, too many frames: dropped, no reply.
+  dealer.send(zmq::buffer(std::string("\xdd\xff\xff\xff\xff", 5)));
+  dealer.send(zmq::buffer(std::string(100000, '\x91')));
+  dealer.send(zmq::str_buffer("a"), zmq::send_flags::sndmore);
+  dealer.send(zmq::str_buffer("b"), zmq::send_flags::sndmore);
+  dealer.send(zmq::str_buffer("c"));
+  dealer.send(zmq::buffer(encodeMessage(RequestMessage{10, "echo", {"still"}, {}})));
+  r = receiveResponse(dealer);
+  EXPECT_EQ(r.msgid, 10u);
+  EXPECT_EQ(r.result, Value("still"));
+  server_->stop();
+  ASSERT_TRUE(server_->wait(deadlineAfter(kWait)).isOk());
+  EXPECT_GE(server_->stats().dropped + transport_->stats().malformedDropped, 3u);
+}
+
+}  // namespace
+}  // namespace switchboard
