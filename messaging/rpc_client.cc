@@ -51,7 +51,7 @@ class ClientCore {
   }
 
   void call(const Target& target, std::string_view method, Array params, const Context& context,
-            Deadline deadline, RpcClient::Callback done);
+            Deadline deadline, std::optional<Duration> monitor, RpcClient::Callback done);
   Status cast(const Target& target, std::string_view method, Array params,
               const Context& context);
   Value serializeContext(const Context& context) const;
@@ -60,14 +60,23 @@ class ClientCore {
   // guarded by exceptionsMutex_
   std::map<std::string, std::function<std::exception_ptr(const std::string&)>, std::less<>>
       exceptions_;
-  std::atomic<uint64_t> calls_{0}, timeouts_{0}, lateReplies_{0}, badReplies_{0};
+  std::atomic<uint64_t> calls_{0}, timeouts_{0}, peerLost_{0}, heartbeats_{0}, lateReplies_{0},
+      badReplies_{0};
 
  private:
   struct Pending {
     RpcClient::Callback done;
-    std::multimap<Deadline, uint32_t>::iterator deadline;
+    std::multimap<Deadline, uint32_t>::iterator expiry;  // min(deadline, liveness)
     Address to;
+    Deadline deadline;                 // the caller's
+    std::optional<Duration> monitor;   // call monitor: liveness = last sign of life + monitor
   };
+
+  // When `call` expires: its deadline, or earlier when its monitor sees no sign of life.
+  static Deadline expiryOf(const Pending& call) {
+    return call.monitor ? std::min(call.deadline, deadlineAfter(*call.monitor)) : call.deadline;
+  }
+  void onHeartbeat(uint32_t msgid);
 
   void onReply(std::string bytes);
   void expireLoop();
@@ -102,13 +111,18 @@ Extension ClientCore::extensionFor(const Target& target, const Context& context)
 }
 
 void ClientCore::call(const Target& target, std::string_view method, Array params,
-                      const Context& context, Deadline deadline, RpcClient::Callback done) {
+                      const Context& context, Deadline deadline,
+                      std::optional<Duration> monitor, RpcClient::Callback done) {
   RequestMessage request;
   request.method = std::string(method);
   for (Value& p : params) request.params.push_back(serializer_->serializeEntity(context, std::move(p)));
   request.ext = extensionFor(target, context);
   const auto budget = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
   request.ext.budgetMs = budget.count() > 0 ? static_cast<uint64_t>(budget.count()) : 0;
+  if (monitor) {
+    const auto interval = std::chrono::duration_cast<std::chrono::milliseconds>(*monitor / 2);
+    request.ext.callMonitorMs = std::max<int64_t>(interval.count(), 1);
+  }
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopping_) {
@@ -118,9 +132,10 @@ void ClientCore::call(const Target& target, std::string_view method, Array param
     do {
       request.msgid = nextId_++;
     } while (pending_.count(request.msgid) != 0);
-    auto at = deadlines_.emplace(deadline, request.msgid);
-    pending_.emplace(request.msgid, Pending{std::move(done), at, target.address()});
-    if (at == deadlines_.begin()) timerWake_.notify_all();
+    Pending call{std::move(done), {}, target.address(), deadline, monitor};
+    call.expiry = deadlines_.emplace(expiryOf(call), request.msgid);
+    if (call.expiry == deadlines_.begin()) timerWake_.notify_all();
+    pending_.emplace(request.msgid, std::move(call));
   }
   calls_.fetch_add(1, std::memory_order_relaxed);
   std::string bytes;
@@ -132,7 +147,7 @@ void ClientCore::call(const Target& target, std::string_view method, Array param
       auto it = pending_.find(request.msgid);
       if (it == pending_.end()) return;  // already answered or expired
       failed = std::move(it->second.done);
-      deadlines_.erase(it->second.deadline);
+      deadlines_.erase(it->second.expiry);
       pending_.erase(it);
     }
     failed(sent);
@@ -158,10 +173,23 @@ Status ClientCore::rebuildException(Status error) {
   return error.withException(it->second(error.message()));
 }
 
+void ClientCore::onHeartbeat(uint32_t msgid) {
+  heartbeats_.fetch_add(1, std::memory_order_relaxed);
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = pending_.find(msgid);
+  if (it == pending_.end() || !it->second.monitor) return;  // late, or not monitored: ignore
+  Pending& call = it->second;
+  deadlines_.erase(call.expiry);
+  call.expiry = deadlines_.emplace(expiryOf(call), msgid);
+}
+
 void ClientCore::onReply(std::string bytes) {
   DecodedMessage decoded = decodeMessage(bytes, limits_);
+  if (decoded && std::holds_alternative<HeartbeatMessage>(decoded.message())) {
+    onHeartbeat(std::get<HeartbeatMessage>(decoded.message()).msgid);
+    return;
+  }
   if (!decoded || !std::holds_alternative<ResponseMessage>(decoded.message())) {
-    // Heartbeats are handled by the call-monitor (not yet): count them with the rest.
     badReplies_.fetch_add(1, std::memory_order_relaxed);
     log_(LogLevel::kWarning, "client",
          "ignored a reply: " + (decoded ? std::string("not a response") : decoded.status().message()));
@@ -177,7 +205,7 @@ void ClientCore::onReply(std::string bytes) {
       return;
     }
     done = std::move(it->second.done);
-    deadlines_.erase(it->second.deadline);
+    deadlines_.erase(it->second.expiry);
     pending_.erase(it);
   }
   if (!response.error.isOk()) {
@@ -207,13 +235,16 @@ void ClientCore::expireLoop() {
     Pending expired = std::move(it->second);
     pending_.erase(it);
     lock.unlock();
-    timeouts_.fetch_add(1, std::memory_order_relaxed);
+    const bool timedOut = Clock::now() >= expired.deadline;
+    (timedOut ? timeouts_ : peerLost_).fetch_add(1, std::memory_order_relaxed);
     // Tell the server the caller gave up (best effort: a handler may watch isCancelled()).
     std::string cancel;
     encodeMessage(CancelMessage{id}, cancel);
     (void)channel_->send(expired.to, std::move(cancel),
                          deadlineAfter(std::chrono::milliseconds(100)));
-    expired.done(Status(StatusCode::kTimeout, "no reply before the deadline"));
+    expired.done(timedOut ? Status(StatusCode::kTimeout, "no reply before the deadline")
+                          : Status(StatusCode::kPeerLost,
+                                   "the server stopped sending call-in-progress heartbeats"));
     lock.lock();
   }
 }
@@ -244,6 +275,7 @@ RpcClient RpcClient::prepare(const Overrides& o) const {
   if (o.version) copy.target_.version = *o.version;
   if (o.timeout) copy.options_.timeout = *o.timeout;
   if (o.versionCap) copy.options_.versionCap = *o.versionCap;
+  if (o.callMonitorTimeout) copy.options_.callMonitorTimeout = *o.callMonitorTimeout;
   if (o.context) copy.options_.context = *o.context;
   return copy;
 }
@@ -265,7 +297,7 @@ Status RpcClient::checkCall(bool forCall) const {
 void RpcClient::callAsync(std::string_view method, Array params, Callback done) const {
   if (Status s = checkCall(true); !s) return done(s);
   core_->call(target_, method, std::move(params), options_.context,
-              deadlineAfter(options_.timeout), std::move(done));
+              deadlineAfter(options_.timeout), options_.callMonitorTimeout, std::move(done));
 }
 
 boost::future<Result<Value>> RpcClient::callAsync(std::string_view method, Array params) const {
@@ -286,7 +318,7 @@ Result<Value> RpcClient::callValue(std::string_view method, Array params) const 
   const Deadline deadline = deadlineAfter(options_.timeout);
   if (Status s = checkCall(true); !s) return s;
   core_->call(target_, method, std::move(params), options_.context, deadline,
-              [waiter](Result<Value> outcome) {
+              options_.callMonitorTimeout, [waiter](Result<Value> outcome) {
                 std::lock_guard<std::mutex> lock(waiter->mutex);
                 waiter->outcome.emplace(std::move(outcome));
                 waiter->done.notify_all();
@@ -315,6 +347,8 @@ RpcClient::Stats RpcClient::stats() const {
   Stats s;
   s.calls = core_->calls_.load();
   s.timeouts = core_->timeouts_.load();
+  s.peerLost = core_->peerLost_.load();
+  s.heartbeats = core_->heartbeats_.load();
   s.lateReplies = core_->lateReplies_.load();
   s.badReplies = core_->badReplies_.load();
   return s;

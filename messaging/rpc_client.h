@@ -38,6 +38,10 @@ class RpcClient {
     Duration timeout = std::chrono::seconds(60);
     // The highest version this client may request; calls above it fail kUnsupportedVersion.
     std::optional<Version> versionCap;
+    // The call monitor (oslo's call_monitor_timeout): when set, the server sends
+    // call-in-progress heartbeats every half of it, and a call fails kPeerLost once no
+    // heartbeat or reply came for this long, however far its timeout is. Unset: no monitor.
+    std::optional<Duration> callMonitorTimeout;
     Context context;                         // sent with every call and cast
     const Serializer* serializer = nullptr;  // borrowed; null means pass-through
     LogSink log = stderrLogSink();
@@ -50,12 +54,15 @@ class RpcClient {
     std::optional<Version> version{};
     std::optional<Duration> timeout{};
     std::optional<Version> versionCap{};
+    std::optional<Duration> callMonitorTimeout{};
     std::optional<Context> context{};
   };
 
   struct Stats {
     uint64_t calls = 0;         // calls sent
     uint64_t timeouts = 0;      // calls that ended kTimeout
+    uint64_t peerLost = 0;      // calls failed kPeerLost: heartbeats stopped
+    uint64_t heartbeats = 0;    // call-in-progress heartbeats received
     uint64_t lateReplies = 0;   // replies for no call in flight (after its timeout)
     uint64_t badReplies = 0;    // replies that broke the protocol
   };

@@ -37,9 +37,22 @@ class ServerCore final : public TaskSource {
   Status poll(Deadline deadline, std::vector<TaskPtr>& out) override;
   void interrupt() override { listener_->interrupt(); }
 
+  // Applies the serializer to a request's context and arguments (skipped for the pass-through
+  // one). Throws what the serializer throws.
+  void deserializeArguments(const Value& wireContext, Context& context, Array& params) const {
+    if (serializer_ == &noOpSerializer_) {
+      context = wireContext;
+      return;
+    }
+    context = serializer_->deserializeContext(wireContext);
+    for (Value& p : params) p = serializer_->deserializeEntity(context, std::move(p));
+  }
+
   // Sends the one answer of a call and forgets it.
   void finishCall(CallReply& call, Result<Value> outcome);
   void dropped(std::string_view why);
+  // Heartbeats for `call` every `every` until it is answered (timers of the executor).
+  void scheduleHeartbeat(std::weak_ptr<CallReply> call, Duration every);
   void failedCast(const std::string& method, const Status& why);
   void unregister(const std::string& key);
 
@@ -83,6 +96,14 @@ class CallReply final : public ReplySink {
     work_.reset();
   }
 
+  // Sends a call-in-progress heartbeat; false once the call is answered.
+  bool heartbeat() {
+    if (sent_.load()) return false;
+    std::string bytes;
+    encodeMessage(HeartbeatMessage{msgid_}, bytes);
+    return message_->reply(std::move(bytes)).isOk();
+  }
+
   ServerCore& core_;
   const IncomingPtr message_;
   const uint32_t msgid_;
@@ -120,10 +141,7 @@ class RequestTask final : public Task {
       version = *parsed;
     }
     try {
-      reply_->context_ = core.serializer_->deserializeContext(request_.ext.context);
-      for (Value& p : request_.params) {
-        p = core.serializer_->deserializeEntity(reply_->context_, std::move(p));
-      }
+      core.deserializeArguments(request_.ext.context, reply_->context_, request_.params);
     } catch (const std::exception& e) {
       reply_->send(Status(StatusCode::kBadArguments, std::string("serializer: ") + e.what()));
       return;
@@ -192,10 +210,8 @@ class CastTask final : public Task {
       version = *parsed;
     }
     try {
-      Context context = core_.serializer_->deserializeContext(cast_.ext.context);
-      for (Value& p : cast_.params) {
-        p = core_.serializer_->deserializeEntity(context, std::move(p));
-      }
+      Context context;
+      core_.deserializeArguments(cast_.ext.context, context, cast_.params);
       CallContext ctx(std::move(context), cast_.method, message_->peer(), kNoDeadline, nullptr,
                       core_.executor_.get(), outcome_);
       Result<Value> outcome =
@@ -266,6 +282,9 @@ Status ServerCore::poll(Deadline deadline, std::vector<TaskPtr>& out) {
         const uint32_t msgid = request.msgid;
         auto reply = std::make_shared<CallReply>(*this, std::move(message), msgid, std::move(key),
                                                  executor_->acquireWork());
+        if (request.ext.callMonitorMs) {
+          scheduleHeartbeat(reply, std::chrono::milliseconds(*request.ext.callMonitorMs));
+        }
         out.push_back(std::make_unique<RequestTask>(std::move(reply), std::move(request),
                                                     callerDeadline, std::move(cancelled)));
         break;
@@ -316,6 +335,13 @@ void ServerCore::finishCall(CallReply& call, Result<Value> outcome) {
     dropped("reply not sent: " + sent.toString());
   }
   call.message_->acknowledge();
+}
+
+void ServerCore::scheduleHeartbeat(std::weak_ptr<CallReply> call, Duration every) {
+  (void)executor_->runAt(deadlineAfter(every), [this, call = std::move(call), every] {
+    auto live = call.lock();
+    if (live && live->heartbeat()) scheduleHeartbeat(live, every);
+  });
 }
 
 void ServerCore::unregister(const std::string& key) {

@@ -352,6 +352,33 @@ TYPED_TEST(RpcEndToEndTest, StopAnswersEveryAcceptedCallExactlyOnce) {
   EXPECT_EQ(handled.load(), kCalls);
 }
 
+TYPED_TEST(RpcEndToEndTest, CallMonitorHeartbeatsKeepALongCallAlive) {
+  // The call takes 300 ms, six times the monitor's 50 ms: heartbeats must carry it through.
+  Endpoint ep;
+  ep.method("slow", [](CallContext& ctx) {
+    auto reply = std::make_shared<DeferredReply>(ctx.defer());
+    (void)ctx.executor()->runAt(deadlineAfter(300ms), [reply] { reply->complete(7); });
+  });
+  Served<TypeParam> served(this->transport_, this->serverTarget("s1"), {ep});
+  RpcClient client = this->client().prepare({.callMonitorTimeout = 50ms});
+  Result<Value> r = client.callValue("slow", {});
+  ASSERT_TRUE(r.isOk()) << r.status();
+  EXPECT_EQ(*r, Value(7));
+  EXPECT_GE(client.stats().heartbeats, 3u);
+}
+
+TEST(RpcClientTest, CallMonitorFailsFastWhenNoServerAnswers) {
+  InMemoryTransport transport;  // nobody listens: no heartbeat will ever come
+  RpcClient::Options options;
+  options.timeout = 60s;
+  options.callMonitorTimeout = 50ms;
+  RpcClient client = RpcClient::create(transport, Target{.topic = "void"}, options).value();
+  Result<Value> r = client.callValue("x", {});
+  EXPECT_EQ(r.status().code(), StatusCode::kPeerLost);
+  EXPECT_EQ(client.stats().peerLost, 1u);
+  EXPECT_EQ(client.stats().timeouts, 0u);
+}
+
 TEST(RpcClientTest, TargetsAreValidated) {
   InMemoryTransport transport;
   EXPECT_EQ(RpcClient::create(transport, Target{}).status().code(), StatusCode::kInvalidTarget);

@@ -40,7 +40,8 @@ Endpoint sampleEndpoint() {
   ep.method("add", [](Value a, Value b) -> Result<Value> {
     if (a.isInteger() && b.isInteger()) {
       Result<int64_t> x = fromValue<int64_t>(a), y = fromValue<int64_t>(b);
-      if (x && y) return Value(*x + *y);
+      int64_t sum = 0;
+      if (x && y && !__builtin_add_overflow(*x, *y, &sum)) return Value(sum);
     }
     Result<double> x = fromValue<double>(a), y = fromValue<double>(b);
     if (!x) return Status(StatusCode::kBadArguments, "argument 1 ('a'): " + x.status().message());

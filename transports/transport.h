@@ -16,7 +16,9 @@
 namespace switchboard {
 
 // One message taken by a Listener. Thread-safe: reply() and acknowledge() may be called from any
-// thread, after the listener is closed too, for as long as the transport lives.
+// thread, after the listener is closed too, for as long as the transport lives (a ZeroMQ
+// listener, whose socket is gone once closed, drops and counts such late replies). reply() may
+// be called several times: call-in-progress heartbeats go before the one response.
 class IncomingMessage {
  public:
   virtual ~IncomingMessage() = default;

@@ -22,13 +22,12 @@ void ReceiveLoop::arm(TaskSource& source) {
 void ReceiveLoop::wake() {
   woken_ = true;
   wakeup_.notify_all();
-  if (source_ != nullptr && !stopRequested_) source_->interrupt();
+  if (source_ != nullptr) source_->interrupt();
 }
 
 void ReceiveLoop::requestStop() {
   std::lock_guard<std::mutex> lock(mutex_);
   if (!armed_ || stopRequested_) return;
-  if (source_ != nullptr) source_->interrupt();
   stopRequested_ = true;
   wake();
 }
@@ -77,8 +76,8 @@ void ReceiveLoop::releaseWork() {
 void ReceiveLoop::run(const Handoff& handoff) {
   std::vector<TaskPtr> tasks;
   std::vector<std::function<void()>> due;
+  bool sourceBroken = false;
   for (;;) {
-    bool stopping = false;
     Deadline next = kNoDeadline;
     TaskSource* source = nullptr;
     {
@@ -89,10 +88,9 @@ void ReceiveLoop::run(const Handoff& handoff) {
         timers_.erase(timers_.begin());
       }
       if (!timers_.empty()) next = timers_.begin()->first;
-      stopping = stopRequested_;
+      if (due.empty() && stopRequested_ && outstanding_ == 0) break;
       source = source_;
-      if (due.empty() && stopping) {
-        if (outstanding_ == 0) break;
+      if (due.empty() && sourceBroken) {
         wakeup_.wait_until(lock, next, [&] { return woken_; });
         woken_ = false;
         continue;
@@ -111,18 +109,23 @@ void ReceiveLoop::run(const Handoff& handoff) {
       due.clear();
       continue;
     }
+    // Polling goes on while a stopped epoch drains, so that what arrives meanwhile (new calls,
+    // cancels of calls in flight) is answered instead of left unread.
     Status polled = source->poll(next, tasks);
-    bool stoppedMeanwhile = false;
+    bool stopping = false;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      stoppedMeanwhile = stopRequested_;
-      if (!polled) stopRequested_ = true;  // a broken source yields nothing more: drain and end
+      stopping = stopRequested_;
+      if (!polled) {
+        sourceBroken = true;
+        stopRequested_ = true;  // a broken source yields nothing more: drain and end
+      }
     }
     if (!polled) log_(LogLevel::kError, component_, "task source failed: " + polled.toString());
-    // After stop() has returned no task may run: what a racing poll still took is refused,
+    // After stop() has returned no task may run: what a poll takes from then on is refused,
     // which answers its sender.
     for (auto& task : tasks) {
-      if (stoppedMeanwhile) {
+      if (stopping) {
         task->reject(Status(StatusCode::kShuttingDown, component_ + ": stopping"));
       } else {
         handoff(std::move(task));

@@ -1,5 +1,6 @@
 // ReceiveLoop: the loop every executor runs: poll the TaskSource, hand tasks off, run timers,
 // and end once a stop was requested and no work is outstanding (asio's outstanding-work rule).
+// While a stopped epoch drains, tasks still polled are rejected kShuttingDown.
 #pragma once
 
 #include <condition_variable>
