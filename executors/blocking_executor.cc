@@ -8,9 +8,10 @@ BlockingExecutor::BlockingExecutor(ExecutorOptions options)
     : loop_(options.log, "blocking-executor"),
       thread_([this] { runLoop(); }),
       lifecycle_({"blocking-executor", options.hangWarningAfter, options.log},
-                 [this] {
-                   loop_.requestStop();
+                 [this](uint64_t epoch) {
                    std::unique_lock<std::mutex> lock(mutex_);
+                   if (epoch != epoch_) return;  // late: that epoch is over, leave the next be
+                   loop_.requestStop();
                    if (run_ != Run::kArmed) return;
                    // Stopped before execute(): the fake thread ends without running the loop.
                    run_ = Run::kSkipped;
@@ -39,8 +40,9 @@ BlockingExecutor::~BlockingExecutor() {
 Status BlockingExecutor::start(TaskSource& source) {
   return lifecycle_.start([&] {
     if (Status s = thread_.start(); !s) return s;
-    loop_.arm(source);
     std::lock_guard<std::mutex> lock(mutex_);
+    loop_.arm(source);
+    ++epoch_;
     run_ = Run::kArmed;
     return Status::ok();
   });

@@ -2,6 +2,7 @@
 // caller's thread until stop(). wait() from another thread joins that run (FakeBlockingThread).
 #pragma once
 
+#include <cstdint>
 #include <mutex>
 
 #include "executors/detail/receive_loop.h"
@@ -36,6 +37,7 @@ class BlockingExecutor final : public Executor {
   FakeBlockingThread thread_;
   std::mutex mutex_;
   Run run_ = Run::kIdle;  // guarded by mutex_
+  uint64_t epoch_ = 0;    // guarded by mutex_: successful starts, numbered as Lifecycle does
   Lifecycle lifecycle_;
 };
 

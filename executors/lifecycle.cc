@@ -47,14 +47,16 @@ Status Lifecycle::start(const StartHook& onStart) {
 }
 
 void Lifecycle::stop() {
+  uint64_t stopping = 0;
   {
     std::unique_lock<std::mutex> lock(mutex_);
     changed_.wait(lock, [&] { return phase_ != Phase::kStarting; });
     if (phase_ != Phase::kRunning) return;
     phase_ = Phase::kStopped;
+    stopping = epoch_;
     changed_.notify_all();
   }
-  onStop_();
+  onStop_(stopping);
 }
 
 Status Lifecycle::wait(Deadline deadline) {

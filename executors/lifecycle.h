@@ -28,8 +28,10 @@ class Lifecycle {
 
   // Does a start; an error leaves the lifecycle idle (start() may be retried).
   using StartHook = std::function<Status()>;
-  // Signals a stop; must not block.
-  using StopHook = std::function<void()>;
+  // Signals the stop of `epoch` (1 for the first successful start); must not block. It runs
+  // after the transition, outside the mutex: by the time it runs, that epoch may already have
+  // been waited for and a new one started, so a hook that keeps per-epoch state checks `epoch`.
+  using StopHook = std::function<void(uint64_t epoch)>;
   // Waits until the epoch's work is done and its threads joined, no later than the deadline
   // (kTimeout then; it is called again by a later wait()). Several calls never overlap.
   using FinishHook = std::function<Status(Deadline)>;

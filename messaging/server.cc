@@ -75,6 +75,8 @@ class ServerCore final : public TaskSource {
   std::unordered_map<std::string, std::shared_ptr<std::atomic<bool>>> calls_;
 
   std::atomic<bool> draining_{false};  // set by stop(), cleared by start()
+  std::mutex epochMutex_;              // orders the start and stop hooks
+  uint64_t epoch_ = 0;                 // guarded by epochMutex_: successful starts
   std::atomic<uint64_t> received_{0}, replied_{0}, failed_{0}, rejected_{0}, dropped_{0},
       cancelled_{0};
 };
@@ -376,7 +378,9 @@ MessageHandlingServer::MessageHandlingServer(Transport& transport, Target target
                                                  std::move(dispatcher), std::move(executor),
                                                  options)),
       lifecycle_({"server", options.hangWarningAfter, options.log},
-                 [this] {
+                 [this](uint64_t epoch) {
+                   std::lock_guard<std::mutex> lock(core_->epochMutex_);
+                   if (epoch != core_->epoch_) return;  // late: never stop the next epoch
                    core_->draining_.store(true);
                    core_->executor_->stop();
                  },
@@ -396,12 +400,14 @@ MessageHandlingServer::~MessageHandlingServer() {
 
 Status MessageHandlingServer::start() {
   return lifecycle_.start([this] {
+    std::lock_guard<std::mutex> lock(core_->epochMutex_);
     if (Status s = core_->listen(); !s) return s;
     core_->draining_.store(false);
     if (Status s = core_->executor_->start(*core_); !s) {
       core_->releaseListener();
       return s;
     }
+    ++core_->epoch_;
     return Status::ok();
   });
 }
