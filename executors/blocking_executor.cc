@@ -20,8 +20,16 @@ BlockingExecutor::BlockingExecutor(ExecutorOptions options)
                    (void)thread_.execute();
                  },
                  [this](Deadline deadline) {
+                   // Joining the fake thread is what waits for execute() to return (the loop
+                   // ends only once no work is left). An epoch stopped before execute() has no
+                   // loop: there the work guards taken meanwhile are waited for directly.
                    Status joined = thread_.join(deadline);
-                   if (joined && !loop_.waitFinished(deadline)) {
+                   bool skipped = false;
+                   {
+                     std::lock_guard<std::mutex> lock(mutex_);
+                     skipped = run_ == Run::kSkipped;
+                   }
+                   if (joined && skipped && !loop_.waitFinished(deadline)) {
                      joined = Status(StatusCode::kTimeout, "work guards still held");
                    }
                    if (joined) {
