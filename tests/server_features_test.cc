@@ -1,0 +1,153 @@
+// Server features end to end over the in-memory transport: the Serializer hook, overload
+// answered Overloaded, the built-ins, and ShuttingDown for calls that arrive while draining.
+#include <gtest/gtest.h>
+
+#include <future>
+#include <latch>
+
+#include "executors/thread_pool_executor.h"
+#include "messaging/rpc_client.h"
+#include "messaging/server.h"
+#include "tests/support/executor_kinds.h"
+#include "transports/in_memory_transport.h"
+
+namespace switchboard {
+namespace {
+
+using namespace std::chrono_literals;
+constexpr auto kWait = 10s;
+
+// Wraps every entity as {"wrapped": x} on the way out and unwraps it on the way in, and turns
+// the context's "user" into upper case on arrival: both directions are observable.
+class WrappingSerializer final : public Serializer {
+ public:
+  Value serializeEntity(const Context&, Value entity) const override {
+    return Map{{"wrapped", std::move(entity)}};
+  }
+  Value deserializeEntity(const Context&, Value wire) const override {
+    const Value* inner = wire.find("wrapped");
+    if (inner == nullptr) throw std::invalid_argument("entity not wrapped");
+    return *inner;
+  }
+  Context deserializeContext(const Value& wire) const override {
+    const Value* user = wire.find("user");
+    if (user == nullptr || !user->isString()) return wire;
+    std::string upper = user->asString();
+    for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    return Map{{"user", upper}};
+  }
+};
+
+TEST(ServerFeaturesTest, SerializerConvertsContextAndEntitiesBothWays) {
+  InMemoryTransport transport;
+  WrappingSerializer serializer;
+  Endpoint ep;
+  ep.method("add", [](int64_t a, int64_t b) { return a + b; });
+  ep.method("who", [](CallContext& ctx) { return ctx.context(); });
+  MessageHandlingServer::Options serverOptions;
+  serverOptions.serializer = &serializer;
+  MessageHandlingServer server(transport, Target{.topic = "t", .server = "s"},
+                               RpcDispatcher({ep}), testing::ThreadPoolKind::make(),
+                               serverOptions);
+  ASSERT_TRUE(server.start().isOk());
+  RpcClient::Options clientOptions;
+  clientOptions.serializer = &serializer;
+  clientOptions.timeout = kWait;
+  clientOptions.context = Map{{"user", "alice"}};
+  RpcClient client = RpcClient::create(transport, Target{.topic = "t"}, clientOptions).value();
+  EXPECT_EQ(client.call<int64_t>("add", 2, 3).value(), 5);
+  EXPECT_EQ(client.callValue("who", {}).value(), Value(Map{{"user", "ALICE"}}));
+  // A client without the serializer sends unwrapped entities: the server's serializer refuses.
+  RpcClient plain = RpcClient::create(transport, Target{.topic = "t"}).value();
+  EXPECT_EQ(plain.callValue("add", {2, 3}).status().code(), StatusCode::kBadArguments);
+  server.stop();
+  ASSERT_TRUE(server.wait(deadlineAfter(kWait)).isOk());
+}
+
+TEST(ServerFeaturesTest, AFullPoolAnswersOverloadedAndServesTheAdmittedCalls) {
+  InMemoryTransport transport;
+  std::latch entered(1);
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  Endpoint ep;
+  ep.method("block", [&]() {
+    entered.count_down();
+    (void)released.wait_for(kWait);
+    return 1;
+  });
+  ThreadPoolExecutor::Options pool;
+  pool.threads = 1;
+  pool.queueCapacity = 1;
+  pool.maxInFlight = 2;
+  MessageHandlingServer server(transport, Target{.topic = "t", .server = "s"},
+                               RpcDispatcher({ep}), std::make_unique<ThreadPoolExecutor>(pool));
+  ASSERT_TRUE(server.start().isOk());
+  RpcClient client = RpcClient::create(transport, Target{.topic = "t"}).value();
+  auto first = client.callAsync("block", {});
+  entered.wait();  // the one worker is busy
+  std::vector<boost::future<Result<Value>>> more;
+  for (int i = 0; i < 5; ++i) more.push_back(client.callAsync("block", {}));
+  // The excess is answered at once, while the worker is still blocked.
+  int overloaded = 0;
+  for (int i = 1; i < 5; ++i) {
+    ASSERT_EQ(more[i].wait_for(boost::chrono::seconds(10)), boost::future_status::ready);
+    Result<Value> r = more[i].get();
+    if (r.status().code() == StatusCode::kOverloaded) ++overloaded;
+  }
+  EXPECT_EQ(overloaded, 4);
+  release.set_value();
+  ASSERT_EQ(first.wait_for(boost::chrono::seconds(10)), boost::future_status::ready);
+  EXPECT_EQ(first.get().value(), Value(1));
+  ASSERT_EQ(more[0].wait_for(boost::chrono::seconds(10)), boost::future_status::ready);
+  EXPECT_EQ(more[0].get().value(), Value(1)) << "the queued call is admitted and served";
+  server.stop();
+  ASSERT_TRUE(server.wait(deadlineAfter(kWait)).isOk());
+  EXPECT_EQ(server.stats().rejected, 4u);
+}
+
+TEST(ServerFeaturesTest, CallsArrivingWhileDrainingAreAnsweredShuttingDown) {
+  InMemoryTransport transport;
+  std::latch entered(1);
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  Endpoint ep;
+  ep.method("block", [&]() {
+    entered.count_down();
+    (void)released.wait_for(kWait);
+    return 1;
+  });
+  MessageHandlingServer server(transport, Target{.topic = "t", .server = "s"},
+                               RpcDispatcher({ep}), testing::ThreadPoolKind::make());
+  ASSERT_TRUE(server.start().isOk());
+  RpcClient client = RpcClient::create(transport, Target{.topic = "t"}).value();
+  auto inFlight = client.callAsync("block", {});
+  entered.wait();
+  server.stop();  // draining: the blocked call holds the epoch open
+  EXPECT_EQ(client.callValue("_health", {}).status().code(), StatusCode::kShuttingDown);
+  release.set_value();
+  ASSERT_EQ(inFlight.wait_for(boost::chrono::seconds(10)), boost::future_status::ready);
+  EXPECT_EQ(inFlight.get().value(), Value(1));
+  ASSERT_TRUE(server.wait(deadlineAfter(kWait)).isOk());
+}
+
+TEST(ServerFeaturesTest, BuiltInsReportHealthAndIntrospection) {
+  InMemoryTransport transport;
+  Endpoint ep("admin", Version{2, 1});
+  ep.method("add", [](int64_t a, int64_t b) { return a + b; }, {"a", "b"});
+  ep.method("_hidden", []() {});
+  MessageHandlingServer server(transport, Target{.topic = "t", .server = "s"},
+                               RpcDispatcher({ep}), testing::EventLoopKind::make());
+  ASSERT_TRUE(server.start().isOk());
+  RpcClient client = RpcClient::create(transport, Target{.topic = "t"}).value();
+  EXPECT_EQ(client.call<std::string>("_health").value(), "serving");
+  Value expected = Array{Map{{"namespace", "admin"},
+                             {"version", "2.1"},
+                             {"methods", Array{Map{{"name", "add"},
+                                                   {"signature", "add(a: integer, b: integer) -> integer"}}}}}};
+  EXPECT_EQ(client.callValue("_introspect", {}).value(), expected);
+  server.stop();
+  ASSERT_TRUE(server.wait(deadlineAfter(kWait)).isOk());
+}
+
+}  // namespace
+}  // namespace switchboard
