@@ -8,7 +8,6 @@
 #include <array>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <deque>
 #include <filesystem>
 #include <functional>
@@ -31,129 +30,23 @@
 #include "executors/executor.h"
 #include "executors/thread_pool_executor.h"
 #include "tests/support/manual_task_source.h"
+#include "tests/support/test_util.h"
 
 namespace switchboard {
 namespace {
 
 using namespace std::chrono_literals;
+using switchboard::testing::Events;
+using switchboard::testing::Gate;
+using switchboard::testing::LogCapture;
 using switchboard::testing::ManualTaskSource;
+using switchboard::testing::readyWithin;
 
 constexpr Duration kLong = 5s;     // bound on every wait that is expected to succeed
 constexpr Duration kShort = 50ms;  // "still blocked" probes
-
-// EXPECT_CODE(status, code): `status` is evaluated once and printed on failure.
-#define EXPECT_CODE(status, expected)                                                         \
-  switch (0)                                                                                  \
-  case 0:                                                                                     \
-  default:                                                                                    \
-    if (const Status c_ = (status); c_.code() == (expected)) {                                \
-    } else                                                                                    \
-      ADD_FAILURE() << #status << " is \"" << c_ << "\", expected " << statusCodeName(expected)
-// ASSERT_OK(expr) << "context" / EXPECT_OK: the Status is printed on failure.
-#define ASSERT_OK(expr)                                      \
-  switch (0)                                                 \
-  case 0:                                                    \
-  default:                                                   \
-    if (const Status s_ = (expr); s_.isOk()) {               \
-    } else                                                   \
-      FAIL() << #expr << ": " << s_
-#define EXPECT_OK(expr)                                      \
-  switch (0)                                                 \
-  case 0:                                                    \
-  default:                                                   \
-    if (const Status s_ = (expr); s_.isOk()) {               \
-    } else                                                   \
-      ADD_FAILURE() << #expr << ": " << s_
-
-template <typename T>
-bool readyWithin(std::future<T>& f, Duration d = kLong) {
-  return f.wait_for(d) == std::future_status::ready;
-}
-
-// A one-shot gate (a latch of one that can be opened twice): blocked tasks wait on it; the
-// fixture opens every gate in TearDown so a failed assertion cannot leave a task blocked.
-class Gate {
- public:
-  void open() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    open_ = true;
-    cv_.notify_all();
-  }
-  // True once opened; false at the (generous) deadline.
-  bool wait(Duration d = 2 * kLong) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    return cv_.wait_for(lock, d, [&] { return open_; });
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  bool open_ = false;
-};
-
-// Counts events; waitFor(n) blocks until n have happened or the deadline passed.
-class Events {
- public:
-  void add() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    ++count_;
-    cv_.notify_all();
-  }
-  bool waitFor(int n, Duration d = kLong) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    return cv_.wait_for(lock, d, [&] { return count_ >= n; });
-  }
-  int count() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return count_;
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  int count_ = 0;
-};
-
-// A thread-safe LogSink that records every line.
-class LogCapture {
- public:
-  struct Line {
-    LogLevel level;
-    std::string component;
-    std::string message;
-  };
-  LogSink sink() {
-    return [this](LogLevel level, std::string_view component, std::string_view message) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      lines_.push_back({level, std::string(component), std::string(message)});
-      cv_.notify_all();
-    };
-  }
-  int count(LogLevel level, std::string_view containing = {}) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return countLocked(level, containing);
-  }
-  bool waitFor(LogLevel level, std::string_view containing, Duration d = kLong) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    return cv_.wait_for(lock, d, [&] { return countLocked(level, containing) > 0; });
-  }
-  std::string dump() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    std::string out;
-    for (const auto& l : lines_) out += "[" + l.component + "] " + l.message + "\n";
-    return out;
-  }
-
- private:
-  int countLocked(LogLevel level, std::string_view containing) {
-    return static_cast<int>(std::count_if(lines_.begin(), lines_.end(), [&](const Line& l) {
-      return l.level == level && l.message.find(containing) != std::string::npos;
-    }));
-  }
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  std::vector<Line> lines_;
-};
+// Blocked tasks wait on their Gate with its default bound, twice this suite's: longer than any
+// wait of the test that is expected to succeed.
+static_assert(testing::kDefaultWait == 2 * kLong);
 
 // Sets a flag when destroyed: proves a timer's function was dropped.
 struct DestroyFlag {
@@ -260,6 +153,8 @@ class ExecutorContractTest : public ::testing::Test {
   }
   std::unique_ptr<E> make(ExecutorOptions o) { return Traits::make(std::move(o)); }
 
+  // A gate for a task to block on; TearDown opens every one, so a failed assertion cannot leave
+  // a task blocked.
   Gate& gate() { return gates_.emplace_back(); }
 
   // Blocking executor: a caller thread that runs execute() for the current epoch.
@@ -291,7 +186,7 @@ class ExecutorContractTest : public ::testing::Test {
     std::promise<void> ran;
     source_.push([&ran] { ran.set_value(); });
     auto f = ran.get_future();
-    ASSERT_TRUE(readyWithin(f)) << "the executor runs no task";
+    ASSERT_TRUE(readyWithin(f, kLong)) << "the executor runs no task";
   }
   void startRunning() {
     ASSERT_OK(start());
@@ -340,7 +235,7 @@ TYPED_TEST(ExecutorContractTest, StartReturnsWithoutBlockingAndTasksRun) {
   }
   for (int i = 0; i < kTasks; ++i) {
     auto f = inside[i].get_future();
-    ASSERT_TRUE(readyWithin(f)) << "task " << i << " did not run";
+    ASSERT_TRUE(readyWithin(f, kLong)) << "task " << i << " did not run";
     EXPECT_TRUE(f.get()) << "isExecutorThread() inside task " << i;
   }
   EXPECT_FALSE(exec.isExecutorThread());  // the test thread runs no task
@@ -411,7 +306,7 @@ TYPED_TEST(ExecutorContractTest, ConcurrentStartFromFourThreadsStartsOneLoop) {
       done.add();
     });
   }
-  ASSERT_TRUE(done.waitFor(kTasks));
+  ASSERT_TRUE(done.waitFor(kTasks, kLong));
   this->stopAndWait();
   for (int i = 0; i < kTasks; ++i) EXPECT_EQ(runs[i].load(), 1) << "task " << i;
   EXPECT_EQ(this->source_.queued(), 0u);
@@ -439,7 +334,7 @@ TYPED_TEST(ExecutorContractTest, SecondStartInTheSameEpochIsANoOp) {
     ran.set_value();
   });
   auto f = ran.get_future();
-  ASSERT_TRUE(readyWithin(f));
+  ASSERT_TRUE(readyWithin(f, kLong));
   // One stop() ends the one epoch.
   this->stopAndWait();
   EXPECT_EQ(runs.load(), 1);
@@ -459,7 +354,7 @@ TYPED_TEST(ExecutorContractTest, StopIsIdempotentNonBlockingAndCallableFromAnyTh
     finished = true;
   });
   auto enteredF = entered.get_future();
-  ASSERT_TRUE(readyWithin(enteredF));
+  ASSERT_TRUE(readyWithin(enteredF, kLong));
 
   exec.stop();  // returns although a task is in flight (it cannot finish before the gate opens)
   exec.stop();
@@ -469,7 +364,7 @@ TYPED_TEST(ExecutorContractTest, StopIsIdempotentNonBlockingAndCallableFromAnyTh
     otherStopped.set_value();
   });
   auto otherF = otherStopped.get_future();
-  ASSERT_TRUE(readyWithin(otherF));
+  ASSERT_TRUE(readyWithin(otherF, kLong));
   other.join();
   EXPECT_FALSE(finished.load());  // every stop() returned while the task was still running
   EXPECT_CODE(exec.wait(deadlineAfter(kShort)), StatusCode::kTimeout);
@@ -507,7 +402,7 @@ TYPED_TEST(ExecutorContractTest, StopBeforeStartIsHarmless) {
   std::promise<void> ran;
   this->source_.push([&] { ran.set_value(); });
   auto f = ran.get_future();
-  ASSERT_TRUE(readyWithin(f));
+  ASSERT_TRUE(readyWithin(f, kLong));
   this->stopAndWait();
 }
 
@@ -559,7 +454,7 @@ TYPED_TEST(ExecutorContractTest, NoTaskIsTakenAfterStopReturned) {
     gate.wait();
   }));
   auto enteredF = entered.get_future();
-  ASSERT_TRUE(readyWithin(enteredF));  // the loop (pool: receiving) thread is in the timer
+  ASSERT_TRUE(readyWithin(enteredF, kLong));  // the loop (pool: receiving) thread is in the timer
   exec.stop();
   std::atomic<bool> ran{false};
   this->source_.push([&] { ran = true; });
@@ -588,7 +483,7 @@ TYPED_TEST(ExecutorContractTest, NoTaskRunsAfterStopReturnedWhileTheLoopPolls) {
     std::promise<int> probe;
     this->source_.push([&probe, this] { probe.set_value(this->source_.pollCount()); });
     auto probeF = probe.get_future();
-    ASSERT_TRUE(readyWithin(probeF));
+    ASSERT_TRUE(readyWithin(probeF, kLong));
     const int polls = probeF.get();
     if constexpr (!std::is_same_v<TypeParam, ThreadPoolExecutor>) {
       const Deadline polling = deadlineAfter(kLong);
@@ -615,7 +510,7 @@ TYPED_TEST(ExecutorContractTest, NoTaskRunsAfterStopReturnedWhileTheLoopPolls) {
       std::promise<void> drained;
       this->source_.push([&drained] { drained.set_value(); });
       auto drainedF = drained.get_future();
-      ASSERT_TRUE(readyWithin(drainedF));
+      ASSERT_TRUE(readyWithin(drainedF, kLong));
       this->stopAndWait();
       ASSERT_EQ(this->source_.queued(), 0u);
     }
@@ -642,7 +537,7 @@ TYPED_TEST(ExecutorContractTest, WaitFromAnotherThreadReturnsOnlyAfterSlowHandle
     handlerDone = true;
   });
   auto enteredF = entered.get_future();
-  ASSERT_TRUE(readyWithin(enteredF));
+  ASSERT_TRUE(readyWithin(enteredF, kLong));
   exec.stop();
 
   std::promise<bool> waiterSawDone;  // a waiter with no deadline, on yet another thread
@@ -657,7 +552,7 @@ TYPED_TEST(ExecutorContractTest, WaitFromAnotherThreadReturnsOnlyAfterSlowHandle
   EXPECT_EQ(waiterF.wait_for(0s), std::future_status::timeout);  // still waiting
 
   gate.open();
-  ASSERT_TRUE(readyWithin(waiterF));
+  ASSERT_TRUE(readyWithin(waiterF, kLong));
   EXPECT_TRUE(waiterF.get());  // wait() returned only after the handler had returned
   waiter.join();
   EXPECT_OK(waiterStatus);
@@ -676,7 +571,7 @@ TYPED_TEST(ExecutorContractTest, WaitFromInsideATaskWouldDeadlock) {
     inner.set_value({s, Clock::now() - t0});
   });
   auto f = inner.get_future();
-  ASSERT_TRUE(readyWithin(f));
+  ASSERT_TRUE(readyWithin(f, kLong));
   auto [s, took] = f.get();
   EXPECT_CODE(s, StatusCode::kWouldDeadlock);
   EXPECT_LT(took, 1s);  // at once, not at the deadline
@@ -690,11 +585,11 @@ TYPED_TEST(ExecutorContractTest, WaitFromInsideATaskWouldDeadlock) {
     afterStop.set_value(exec.wait(deadlineAfter(kLong)));
   });
   auto enteredF = entered.get_future();
-  ASSERT_TRUE(readyWithin(enteredF));
+  ASSERT_TRUE(readyWithin(enteredF, kLong));
   exec.stop();
   gate.open();
   auto afterStopF = afterStop.get_future();
-  ASSERT_TRUE(readyWithin(afterStopF));
+  ASSERT_TRUE(readyWithin(afterStopF, kLong));
   EXPECT_CODE(afterStopF.get(), StatusCode::kWouldDeadlock);
   ASSERT_OK(exec.wait(deadlineAfter(kLong)));
   this->joinCallers();
@@ -722,7 +617,7 @@ TYPED_TEST(ExecutorContractTest, SeveralConcurrentWaitersAllReturnOkAfterStop) {
   }
   exec.stop();
   for (int i = 0; i < kWaiters; ++i) {
-    ASSERT_TRUE(readyWithin(futures[i])) << "waiter " << i;
+    ASSERT_TRUE(readyWithin(futures[i], kLong)) << "waiter " << i;
     EXPECT_OK(futures[i].get());
   }
   for (auto& w : waiters) w.join();
@@ -739,7 +634,7 @@ TYPED_TEST(ExecutorContractTest, WaitWithDeadlineWithoutStopTimesOut) {
   std::promise<void> ran;
   this->source_.push([&] { ran.set_value(); });
   auto f = ran.get_future();
-  ASSERT_TRUE(readyWithin(f));
+  ASSERT_TRUE(readyWithin(f, kLong));
   this->stopAndWait();
 }
 
@@ -756,7 +651,7 @@ TYPED_TEST(ExecutorContractTest, RestartRunsNewTasksAndCompletedEpochsBehave) {
       ran.set_value();
     });
     auto f = ran.get_future();
-    ASSERT_TRUE(readyWithin(f)) << "epoch " << epoch;
+    ASSERT_TRUE(readyWithin(f, kLong)) << "epoch " << epoch;
     this->stopAndWait();
     // A completed epoch: wait() at once, stop() a no-op, no timers, no work guards.
     EXPECT_OK(exec.wait(deadlineAfter(kShort)));
@@ -775,7 +670,7 @@ TYPED_TEST(ExecutorContractTest, RestartRunsNewTasksAndCompletedEpochsBehave) {
   EXPECT_EQ(lateF.wait_for(kShort), std::future_status::timeout);
   EXPECT_EQ(this->source_.queued(), 1u);
   ASSERT_OK(this->start());
-  ASSERT_TRUE(readyWithin(lateF));
+  ASSERT_TRUE(readyWithin(lateF, kLong));
   this->stopAndWait();
 }
 
@@ -791,7 +686,7 @@ TYPED_TEST(ExecutorContractTest, StartAfterStopWithoutWaitFinishesThePreviousEpo
     firstDone = true;
   });
   auto enteredF = entered.get_future();
-  ASSERT_TRUE(readyWithin(enteredF));
+  ASSERT_TRUE(readyWithin(enteredF, kLong));
   exec.stop();
 
   std::promise<std::pair<Status, bool>> restarted;  // start()'s result, firstDone at return
@@ -802,7 +697,7 @@ TYPED_TEST(ExecutorContractTest, StartAfterStopWithoutWaitFinishesThePreviousEpo
   auto f = restarted.get_future();
   EXPECT_EQ(f.wait_for(kShort), std::future_status::timeout);  // finishing the first epoch
   gate.open();
-  ASSERT_TRUE(readyWithin(f));
+  ASSERT_TRUE(readyWithin(f, kLong));
   starter.join();
   auto [s, doneAtReturn] = f.get();
   ASSERT_OK(s);
@@ -813,7 +708,7 @@ TYPED_TEST(ExecutorContractTest, StartAfterStopWithoutWaitFinishesThePreviousEpo
   std::promise<bool> second;  // the new epoch runs
   this->source_.push([&] { second.set_value(exec.isExecutorThread()); });
   auto secondF = second.get_future();
-  ASSERT_TRUE(readyWithin(secondF));
+  ASSERT_TRUE(readyWithin(secondF, kLong));
   EXPECT_TRUE(secondF.get());
   this->stopAndWait();
 }
@@ -832,7 +727,7 @@ TYPED_TEST(ExecutorContractTest, FiftyStartStopCyclesWithoutWaitLeakNoThread) {
     std::promise<void> ran;
     this->source_.push([&] { ran.set_value(); });
     auto f = ran.get_future();
-    ASSERT_TRUE(readyWithin(f)) << "cycle " << cycle;
+    ASSERT_TRUE(readyWithin(f, kLong)) << "cycle " << cycle;
     most = std::max(most, settledThreadCount(baseline + perEpoch, 500ms));
     exec.stop();
   }
@@ -851,7 +746,7 @@ TYPED_TEST(ExecutorContractTest, WorkGuardKeepsTheEpochOpenUntilReleased) {
   std::promise<WorkGuard> acquired;
   this->source_.push([&] { acquired.set_value(exec.acquireWork()); });
   auto f = acquired.get_future();
-  ASSERT_TRUE(readyWithin(f));
+  ASSERT_TRUE(readyWithin(f, kLong));
   WorkGuard guard = f.get();  // the task has returned; its deferred work has not
   ASSERT_TRUE(guard.holdsWork());
   exec.stop();
@@ -890,7 +785,7 @@ TYPED_TEST(ExecutorContractTest, RunAtRunsOnAnExecutorThreadAtOrAfterItsTime) {
     fired.set_value({exec.isExecutorThread(), Clock::now(), exec.wait(deadlineAfter(kLong))});
   }));
   auto f = fired.get_future();
-  ASSERT_TRUE(readyWithin(f));
+  ASSERT_TRUE(readyWithin(f, kLong));
   Seen seen = f.get();
   EXPECT_TRUE(seen.onExecutorThread);
   EXPECT_GE(seen.at, when);
@@ -930,14 +825,14 @@ TYPED_TEST(ExecutorContractTest, RunAtAfterStopWhileDrainingIsAccepted) {
   std::promise<WorkGuard> acquired;
   this->source_.push([&] { acquired.set_value(exec.acquireWork()); });
   auto acquiredF = acquired.get_future();
-  ASSERT_TRUE(readyWithin(acquiredF));
+  ASSERT_TRUE(readyWithin(acquiredF, kLong));
   WorkGuard guard = acquiredF.get();
   ASSERT_TRUE(guard.holdsWork());
   exec.stop();
   std::promise<bool> fired;
   ASSERT_OK(exec.runAt(Clock::now(), [&] { fired.set_value(exec.isExecutorThread()); }));
   auto firedF = fired.get_future();
-  ASSERT_TRUE(readyWithin(firedF));
+  ASSERT_TRUE(readyWithin(firedF, kLong));
   EXPECT_TRUE(firedF.get());
   EXPECT_CODE(exec.wait(deadlineAfter(kShort)), StatusCode::kTimeout);  // the guard holds it
   guard.reset();
@@ -975,7 +870,7 @@ TYPED_TEST(ExecutorContractTest, HangWarningIsLoggedOnceEvenWithTwoWaiters) {
     gate.wait();
   });
   auto enteredF = entered.get_future();
-  ASSERT_TRUE(readyWithin(enteredF));
+  ASSERT_TRUE(readyWithin(enteredF, kLong));
   exec.stop();
 
   std::latch waiting(2);
@@ -988,14 +883,14 @@ TYPED_TEST(ExecutorContractTest, HangWarningIsLoggedOnceEvenWithTwoWaiters) {
     });
   }
   waiting.wait();
-  ASSERT_TRUE(log.waitFor(LogLevel::kWarning, "possible hang")) << log.dump();
+  ASSERT_TRUE(log.waitFor(LogLevel::kWarning, "possible hang", kLong)) << log.dump();
   // A third waiter past its own warning time: the epoch's one warning was already logged.
   EXPECT_CODE(exec.wait(deadlineAfter(5 * kShort)), StatusCode::kTimeout);
   EXPECT_EQ(log.count(LogLevel::kWarning, "possible hang"), 1) << log.dump();
   gate.open();
   for (int i = 0; i < 2; ++i) {
     auto f = results[i].get_future();
-    ASSERT_TRUE(readyWithin(f)) << "waiter " << i;
+    ASSERT_TRUE(readyWithin(f, kLong)) << "waiter " << i;
     EXPECT_OK(f.get());
   }
   for (auto& w : waiters) w.join();
@@ -1014,7 +909,7 @@ TYPED_TEST(ExecutorContractTest, DestroyingAStartedIdleExecutorReturns) {
     destroyed.set_value();
   });
   auto f = destroyed.get_future();
-  const bool returned = readyWithin(f);
+  const bool returned = readyWithin(f, kLong);
   if (!returned) destroyer.detach();  // do not hang the suite
   ASSERT_TRUE(returned) << "the destructor hangs";
   destroyer.join();
@@ -1030,7 +925,7 @@ TYPED_TEST(ExecutorContractTest, DestructorWaitsForADeferredWorkGuard) {
   auto* exec = this->exec_.get();
   this->source_.push([&acquired, exec] { acquired.set_value(exec->acquireWork()); });
   auto acquiredF = acquired.get_future();
-  ASSERT_TRUE(readyWithin(acquiredF));
+  ASSERT_TRUE(readyWithin(acquiredF, kLong));
   WorkGuard guard = acquiredF.get();
   ASSERT_TRUE(guard.holdsWork());
 
@@ -1040,7 +935,7 @@ TYPED_TEST(ExecutorContractTest, DestructorWaitsForADeferredWorkGuard) {
   std::thread releaser([&] {
     destroying.wait();
     // The destructor's wait() logs its hang warning while it waits for this guard.
-    sawWarningBeforeRelease = log.waitFor(LogLevel::kWarning, "possible hang");
+    sawWarningBeforeRelease = log.waitFor(LogLevel::kWarning, "possible hang", kLong);
     released = true;
     guard.reset();
   });
@@ -1131,7 +1026,7 @@ TYPED_TEST(ExecutorContractTest, ThousandStartStopWaitCyclesRacingFromThreeThrea
   }
   this->source_.push([&] { drained.set_value(); });
   auto f = drained.get_future();
-  const bool drainedInTime = readyWithin(f);
+  const bool drainedInTime = readyWithin(f, kLong);
   exec.stop();
   EXPECT_OK(exec.wait(deadlineAfter(kLong)));
   finished = true;
@@ -1176,7 +1071,7 @@ TEST(BlockingExecutorTest, WaitWaitsForAGuardAcquiredBeforeExecute) {
   std::promise<void> ran;
   source.push([&] { ran.set_value(); });
   auto ranF = ran.get_future();
-  EXPECT_TRUE(readyWithin(ranF));
+  EXPECT_TRUE(readyWithin(ranF, kLong));
   exec.stop();
   EXPECT_OK(exec.wait(deadlineAfter(kLong)));
   caller.join();
@@ -1225,7 +1120,7 @@ TEST(ThreadPoolExecutorTest, ExcessTasksAreRejectedOverloadedAtTheInFlightLimit)
       },
       reject(0));
   auto enteredF = entered.get_future();
-  ASSERT_TRUE(readyWithin(enteredF));  // the only worker is busy: 1 in flight
+  ASSERT_TRUE(readyWithin(enteredF, kLong));  // the only worker is busy: 1 in flight
   for (int i = 1; i < kTasks; ++i) {
     source.push(
         [&, i] {
@@ -1235,11 +1130,11 @@ TEST(ThreadPoolExecutorTest, ExcessTasksAreRejectedOverloadedAtTheInFlightLimit)
         reject(i));
   }
   // Task 1 is admitted (2 in flight, queued); tasks 2..4 exceed maxInFlight.
-  ASSERT_TRUE(rejected.waitFor(kTasks - 2));
+  ASSERT_TRUE(rejected.waitFor(kTasks - 2, kLong));
   EXPECT_EQ(exec.rejectedCount(), rejectedBefore + (kTasks - 2));
   EXPECT_EQ(out[1].runs.load(), 0);  // admitted, waiting for the worker
   gate.open();
-  ASSERT_TRUE(ran.waitFor(2));
+  ASSERT_TRUE(ran.waitFor(2, kLong));
   exec.stop();
   ASSERT_OK(exec.wait(deadlineAfter(kLong)));
   EXPECT_EQ(out[0].runs.load(), 1);
@@ -1288,14 +1183,14 @@ TEST(ThreadPoolExecutorTest, TasksBeyondTheQueueCapacityAreRejectedOverloaded) {
         });
     if (i == 0) {
       auto enteredF = entered.get_future();
-      ASSERT_TRUE(readyWithin(enteredF));
+      ASSERT_TRUE(readyWithin(enteredF, kLong));
     }
   }
   // Task 1 takes the one queue slot; tasks 2 and 3 find the queue full.
-  ASSERT_TRUE(rejected.waitFor(2));
+  ASSERT_TRUE(rejected.waitFor(2, kLong));
   EXPECT_EQ(exec.rejectedCount(), 2u);
   gate.open();
-  ASSERT_TRUE(ran.waitFor(2));
+  ASSERT_TRUE(ran.waitFor(2, kLong));
   exec.stop();
   ASSERT_OK(exec.wait(deadlineAfter(kLong)));
   for (int i = 0; i < kTasks; ++i) {

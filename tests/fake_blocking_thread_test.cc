@@ -16,28 +16,34 @@
 
 #include "base/deadline.h"
 #include "base/status.h"
+#include "tests/support/test_util.h"
 
 namespace switchboard {
 namespace {
 
 using namespace std::chrono_literals;
+using switchboard::testing::readyWithin;
 
 constexpr auto kLong = 5s;   // bound on every wait that is expected to succeed
 constexpr auto kShort = 50ms;  // "still blocked" probe
 
-// EXPECT_CODE(status, code): `status` is evaluated once and printed on failure.
-#define EXPECT_CODE(status, expected)                                                         \
-  switch (0)                                                                                  \
-  case 0:                                                                                     \
-  default:                                                                                    \
-    if (const Status c_ = (status); c_.code() == (expected)) {                                \
-    } else                                                                                    \
-      ADD_FAILURE() << #status << " is \"" << c_ << "\", expected " << statusCodeName(expected)
+// Keeps a target running while the test looks at its FakeBlockingThread: the target calls
+// enterAndHold(), which reports that it runs and then blocks until the test calls release()
+// (once). entered() waits (bounded by kLong) for that report.
+class Hold {
+ public:
+  void enterAndHold() {
+    entered_.set_value();
+    release_.wait();
+  }
+  bool entered() { return readyWithin(enteredF_, kLong); }
+  void release() { release_.count_down(); }
 
-template <typename T>
-bool readyWithin(std::future<T>& f, std::chrono::milliseconds d = kLong) {
-  return f.wait_for(d) == std::future_status::ready;
-}
+ private:
+  std::latch release_{1};
+  std::promise<void> entered_;
+  std::future<void> enteredF_ = entered_.get_future();
+};
 
 TEST(FakeBlockingThreadTest, StartTwiceIsInvalidState) {
   FakeBlockingThread t([] {});
@@ -86,7 +92,7 @@ TEST(FakeBlockingThreadTest, ExecuteOnAnotherThreadRunsThere) {
     executed = t.execute();
   });
   auto f = ran.get_future();
-  ASSERT_TRUE(readyWithin(f));
+  ASSERT_TRUE(readyWithin(f, kLong));
   caller.join();
   EXPECT_EQ(f.get(), callerId);
   EXPECT_NE(callerId, std::this_thread::get_id());
@@ -107,19 +113,16 @@ TEST(FakeBlockingThreadTest, AliveAfterStartDeadAfterExecuteReturns) {
 }
 
 TEST(FakeBlockingThreadTest, JoinFromAnotherThreadBlocksUntilTargetReturns) {
-  std::latch release(1);
-  std::promise<void> entered;
+  Hold hold;
   std::atomic<bool> targetReturned{false};
   FakeBlockingThread t([&] {
-    entered.set_value();
-    release.wait();
+    hold.enterAndHold();
     targetReturned = true;
   });
   ASSERT_TRUE(t.start());
   Status executed;
   std::thread caller([&] { executed = t.execute(); });
-  auto enteredF = entered.get_future();
-  ASSERT_TRUE(readyWithin(enteredF));
+  ASSERT_TRUE(hold.entered());
 
   std::promise<void> probed;  // the joiner's first (short) join timed out
   std::atomic<bool> sawReturned{false};
@@ -132,10 +135,10 @@ TEST(FakeBlockingThreadTest, JoinFromAnotherThreadBlocksUntilTargetReturns) {
     sawReturned = targetReturned.load();
   });
   auto probedF = probed.get_future();
-  ASSERT_TRUE(readyWithin(probedF));
+  ASSERT_TRUE(readyWithin(probedF, kLong));
   EXPECT_CODE(probe, StatusCode::kTimeout);  // join is still blocked while the target runs
   EXPECT_TRUE(t.isAlive());
-  release.count_down();
+  hold.release();
   joiner.join();
   caller.join();
   EXPECT_TRUE(joined) << joined;
@@ -163,22 +166,17 @@ TEST(FakeBlockingThreadTest, JoinFromInsideTargetWouldDeadlock) {
 }
 
 TEST(FakeBlockingThreadTest, JoinWithDeadlineWhileRunningTimesOut) {
-  std::latch release(1);
-  std::promise<void> entered;
-  FakeBlockingThread t([&] {
-    entered.set_value();
-    release.wait();
-  });
+  Hold hold;
+  FakeBlockingThread t([&] { hold.enterAndHold(); });
   ASSERT_TRUE(t.start());
   std::thread caller([&] { (void)t.execute(); });
-  auto enteredF = entered.get_future();
-  ASSERT_TRUE(readyWithin(enteredF));
+  ASSERT_TRUE(hold.entered());
   const Deadline start = Clock::now();
   Status s = t.join(deadlineAfter(kShort));
   EXPECT_CODE(s, StatusCode::kTimeout);
   EXPECT_GE(Clock::now() - start, kShort);
   EXPECT_TRUE(t.isAlive());
-  release.count_down();
+  hold.release();
   caller.join();
   EXPECT_TRUE(t.join(deadlineAfter(kLong)));
 }
@@ -193,16 +191,11 @@ TEST(FakeBlockingThreadTest, JoinWithDeadlineWhenStartedButNotExecutedTimesOut) 
 
 TEST(FakeBlockingThreadTest, MultipleJoinersAllReleased) {
   constexpr int kJoiners = 4;
-  std::latch release(1);
-  std::promise<void> entered;
-  FakeBlockingThread t([&] {
-    entered.set_value();
-    release.wait();
-  });
+  Hold hold;
+  FakeBlockingThread t([&] { hold.enterAndHold(); });
   ASSERT_TRUE(t.start());
   std::thread caller([&] { (void)t.execute(); });
-  auto enteredF = entered.get_future();
-  ASSERT_TRUE(readyWithin(enteredF));
+  ASSERT_TRUE(hold.entered());
 
   std::latch probed(kJoiners);
   std::vector<Status> probes(kJoiners);
@@ -217,10 +210,10 @@ TEST(FakeBlockingThreadTest, MultipleJoinersAllReleased) {
   }
   probed.wait();
   for (int i = 0; i < kJoiners; ++i) EXPECT_CODE(probes[i], StatusCode::kTimeout);
-  release.count_down();
+  hold.release();
   for (int i = 0; i < kJoiners; ++i) {
     auto f = results[i].get_future();
-    ASSERT_TRUE(readyWithin(f));
+    ASSERT_TRUE(readyWithin(f, kLong));
     Status s = f.get();
     EXPECT_TRUE(s) << "joiner " << i << ": " << s;
   }
@@ -229,11 +222,9 @@ TEST(FakeBlockingThreadTest, MultipleJoinersAllReleased) {
 }
 
 TEST(FakeBlockingThreadTest, ThrowingTargetMarksDeadAndWakesJoiners) {
-  std::latch release(1);
-  std::promise<void> entered;
+  Hold hold;
   FakeBlockingThread t([&] {
-    entered.set_value();
-    release.wait();
+    hold.enterAndHold();
     throw std::runtime_error("target failed");
   });
   ASSERT_TRUE(t.start());
@@ -246,8 +237,7 @@ TEST(FakeBlockingThreadTest, ThrowingTargetMarksDeadAndWakesJoiners) {
       thrown.set_value(e.what());
     }
   });
-  auto enteredF = entered.get_future();
-  ASSERT_TRUE(readyWithin(enteredF));
+  ASSERT_TRUE(hold.entered());
   std::promise<void> probed;
   Status probe;
   std::promise<Status> joined;
@@ -257,15 +247,15 @@ TEST(FakeBlockingThreadTest, ThrowingTargetMarksDeadAndWakesJoiners) {
     joined.set_value(t.join(deadlineAfter(kLong)));
   });
   auto probedF = probed.get_future();
-  ASSERT_TRUE(readyWithin(probedF));
+  ASSERT_TRUE(readyWithin(probedF, kLong));
   EXPECT_CODE(probe, StatusCode::kTimeout);
-  release.count_down();
+  hold.release();
   auto joinedF = joined.get_future();
-  ASSERT_TRUE(readyWithin(joinedF));
+  ASSERT_TRUE(readyWithin(joinedF, kLong));
   Status j = joinedF.get();
   EXPECT_TRUE(j) << j;
   auto thrownF = thrown.get_future();
-  ASSERT_TRUE(readyWithin(thrownF));
+  ASSERT_TRUE(readyWithin(thrownF, kLong));
   EXPECT_EQ(thrownF.get(), "target failed");
   joiner.join();
   caller.join();
@@ -310,20 +300,17 @@ TEST(FakeBlockingThreadTest, CanBeStartedAgainAfterItDied) {
 }
 
 TEST(FakeBlockingThreadTest, SecondExecuteWhileRunningIsInvalidState) {
-  std::latch release(1);
-  std::promise<void> entered;
+  Hold hold;
   int runs = 0;
   FakeBlockingThread t([&] {
     ++runs;
-    entered.set_value();
-    release.wait();
+    hold.enterAndHold();
   });
   ASSERT_TRUE(t.start());
   std::thread caller([&] { (void)t.execute(); });
-  auto enteredF = entered.get_future();
-  ASSERT_TRUE(readyWithin(enteredF));
+  ASSERT_TRUE(hold.entered());
   EXPECT_CODE(t.execute(), StatusCode::kInvalidState);
-  release.count_down();
+  hold.release();
   caller.join();
   EXPECT_EQ(runs, 1);
 }

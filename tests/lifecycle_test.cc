@@ -3,18 +3,20 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
-#include <future>
 #include <latch>
 #include <mutex>
 #include <thread>
 #include <vector>
 
 #include "executors/lifecycle.h"
+#include "tests/support/test_util.h"
 
 namespace switchboard {
 namespace {
 
 using namespace std::chrono_literals;
+using testing::Gate;
+using testing::LogCapture;
 
 // A Lifecycle whose hooks record what they were asked to do.
 struct Recorder {
@@ -23,18 +25,14 @@ struct Recorder {
   std::atomic<bool> finishOk{true};
   std::mutex mutex;
   std::vector<uint64_t> stoppedEpochs;  // guarded by mutex
-  std::vector<std::string> warnings;     // guarded by mutex
+  LogCapture log;                       // what the Lifecycle logs
   std::function<void(uint64_t)> onStop;  // extra behaviour, set before use
 
   Lifecycle make(Duration hangWarningAfter = 10s) {
     Lifecycle::Options options;
     options.component = "test";
     options.hangWarningAfter = hangWarningAfter;
-    options.log = [this](LogLevel level, std::string_view, std::string_view message) {
-      if (level != LogLevel::kWarning) return;
-      std::lock_guard<std::mutex> lock(mutex);
-      warnings.emplace_back(message);
-    };
+    options.log = log.sink();
     return Lifecycle(
         options,
         [this](uint64_t epoch) {
@@ -136,9 +134,8 @@ TEST(LifecycleTest, HangWarningIsLoggedOncePerEpoch) {
   ASSERT_TRUE(lc.start(r.startHook()).isOk());
   EXPECT_EQ(lc.wait(deadlineAfter(30ms)).code(), StatusCode::kTimeout);
   EXPECT_EQ(lc.wait(deadlineAfter(30ms)).code(), StatusCode::kTimeout);
-  std::lock_guard<std::mutex> lock(r.mutex);
-  ASSERT_EQ(r.warnings.size(), 1u);
-  EXPECT_NE(r.warnings[0].find("possible hang"), std::string::npos);
+  ASSERT_EQ(r.log.count(LogLevel::kWarning), 1) << r.log.dump();
+  EXPECT_EQ(r.log.count(LogLevel::kWarning, "possible hang"), 1) << r.log.dump();
 }
 
 // The stop hook runs outside the mutex, so it can run after its epoch was waited for and a new
@@ -147,12 +144,11 @@ TEST(LifecycleTest, HangWarningIsLoggedOncePerEpoch) {
 TEST(LifecycleTest, ALateStopHookIsToldTheEpochItStopped) {
   Recorder r;
   std::latch inHook(1);
-  std::promise<void> release;
-  std::shared_future<void> released = release.get_future().share();
+  Gate release;
   r.onStop = [&](uint64_t epoch) {
     if (epoch == 1) {
       inHook.count_down();
-      (void)released.wait_for(10s);
+      (void)release.wait(10s);
     }
   };
   Lifecycle lc = r.make();
@@ -161,7 +157,7 @@ TEST(LifecycleTest, ALateStopHookIsToldTheEpochItStopped) {
   inHook.wait();  // the stop of epoch 1 is inside its hook
   ASSERT_TRUE(lc.wait(deadlineAfter(1s)).isOk());
   ASSERT_TRUE(lc.start(r.startHook()).isOk());  // epoch 2 begins under the late hook
-  release.set_value();
+  release.open();
   stopper.join();
   EXPECT_TRUE(lc.isRunning()) << "the late hook's stop belonged to epoch 1";
   lc.stop();

@@ -2,20 +2,37 @@
 // answered Overloaded, the built-ins, and ShuttingDown for calls that arrive while draining.
 #include <gtest/gtest.h>
 
-#include <future>
 #include <latch>
 
 #include "executors/thread_pool_executor.h"
 #include "messaging/rpc_client.h"
 #include "messaging/server.h"
 #include "tests/support/executor_kinds.h"
+#include "tests/support/test_util.h"
 #include "transports/in_memory_transport.h"
 
 namespace switchboard {
 namespace {
 
 using namespace std::chrono_literals;
+using testing::Gate;
 constexpr auto kWait = 10s;
+
+// A method "block" that holds its calls: each counts `entered` down, then waits (bounded by
+// kWait) until `release` opens, and returns 1. Declare it before the server that calls it.
+struct HeldMethod {
+  std::latch entered{1};  // counted down by the first call only
+  std::atomic<int> calls{0};
+  Gate release;
+
+  void addTo(Endpoint& ep) {
+    ep.method("block", [this]() {
+      if (calls.fetch_add(1) == 0) entered.count_down();
+      (void)release.wait(kWait);
+      return 1;
+    });
+  }
+};
 
 // Wraps every entity as {"wrapped": x} on the way out and unwraps it on the way in, and turns
 // the context's "user" into upper case on arrival: both directions are observable.
@@ -66,15 +83,9 @@ TEST(ServerFeaturesTest, SerializerConvertsContextAndEntitiesBothWays) {
 
 TEST(ServerFeaturesTest, AFullPoolAnswersOverloadedAndServesTheAdmittedCalls) {
   InMemoryTransport transport;
-  std::latch entered(1);
-  std::promise<void> release;
-  std::shared_future<void> released = release.get_future().share();
+  HeldMethod held;
   Endpoint ep;
-  ep.method("block", [&]() {
-    entered.count_down();
-    (void)released.wait_for(kWait);
-    return 1;
-  });
+  held.addTo(ep);
   ThreadPoolExecutor::Options pool;
   pool.threads = 1;
   pool.queueCapacity = 1;
@@ -84,7 +95,7 @@ TEST(ServerFeaturesTest, AFullPoolAnswersOverloadedAndServesTheAdmittedCalls) {
   ASSERT_TRUE(server.start().isOk());
   RpcClient client = RpcClient::create(transport, Target{.topic = "t"}).value();
   auto first = client.callAsync("block", {});
-  entered.wait();  // the one worker is busy
+  held.entered.wait();  // the one worker is busy
   std::vector<boost::future<Result<Value>>> more;
   for (int i = 0; i < 5; ++i) more.push_back(client.callAsync("block", {}));
   // The excess is answered at once, while the worker is still blocked.
@@ -95,7 +106,7 @@ TEST(ServerFeaturesTest, AFullPoolAnswersOverloadedAndServesTheAdmittedCalls) {
     if (r.status().code() == StatusCode::kOverloaded) ++overloaded;
   }
   EXPECT_EQ(overloaded, 4);
-  release.set_value();
+  held.release.open();
   ASSERT_EQ(first.wait_for(boost::chrono::seconds(10)), boost::future_status::ready);
   EXPECT_EQ(first.get().value(), Value(1));
   ASSERT_EQ(more[0].wait_for(boost::chrono::seconds(10)), boost::future_status::ready);
@@ -107,24 +118,18 @@ TEST(ServerFeaturesTest, AFullPoolAnswersOverloadedAndServesTheAdmittedCalls) {
 
 TEST(ServerFeaturesTest, CallsArrivingWhileDrainingAreAnsweredShuttingDown) {
   InMemoryTransport transport;
-  std::latch entered(1);
-  std::promise<void> release;
-  std::shared_future<void> released = release.get_future().share();
+  HeldMethod held;
   Endpoint ep;
-  ep.method("block", [&]() {
-    entered.count_down();
-    (void)released.wait_for(kWait);
-    return 1;
-  });
+  held.addTo(ep);
   MessageHandlingServer server(transport, Target{.topic = "t", .server = "s"},
                                RpcDispatcher({ep}), testing::ThreadPoolKind::make());
   ASSERT_TRUE(server.start().isOk());
   RpcClient client = RpcClient::create(transport, Target{.topic = "t"}).value();
   auto inFlight = client.callAsync("block", {});
-  entered.wait();
+  held.entered.wait();
   server.stop();  // draining: the blocked call holds the epoch open
   EXPECT_EQ(client.callValue("_health", {}).status().code(), StatusCode::kShuttingDown);
-  release.set_value();
+  held.release.open();
   ASSERT_EQ(inFlight.wait_for(boost::chrono::seconds(10)), boost::future_status::ready);
   EXPECT_EQ(inFlight.get().value(), Value(1));
   ASSERT_TRUE(server.wait(deadlineAfter(kWait)).isOk());

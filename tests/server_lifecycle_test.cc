@@ -27,80 +27,20 @@
 #include "messaging/target.h"
 #include "tests/support/executor_kinds.h"
 #include "tests/support/mock_transport.h"
+#include "tests/support/test_util.h"
 #include "transports/in_memory_transport.h"
 
 namespace switchboard {
 namespace {
 
 using namespace std::chrono_literals;
+using testing::Gate;
+using testing::readyWithin;
 
 constexpr Duration kWait = 10s;    // bound on every wait that is expected to succeed
 constexpr Duration kShort = 50ms;  // "still blocked" probes
-
-// EXPECT_CODE(status, code) << "context" / ASSERT_CODE: `status` is evaluated once.
-#define EXPECT_CODE(status, expected)                                                     \
-  switch (0)                                                                              \
-  case 0:                                                                                 \
-  default:                                                                                \
-    if (const Status c_ = (status); c_.code() == (expected)) {                            \
-    } else                                                                                \
-      ADD_FAILURE() << #status << ": expected " << statusCodeName(expected) << ", got " << c_
-#define ASSERT_CODE(status, expected)                                                     \
-  switch (0)                                                                              \
-  case 0:                                                                                 \
-  default:                                                                                \
-    if (const Status c_ = (status); c_.code() == (expected)) {                            \
-    } else                                                                                \
-      FAIL() << #status << ": expected " << statusCodeName(expected) << ", got " << c_
-// ASSERT_OK(expr) << "context" / EXPECT_OK: the Status is printed on failure.
-#define ASSERT_OK(expr)                        \
-  switch (0)                                   \
-  case 0:                                      \
-  default:                                     \
-    if (const Status s_ = (expr); s_.isOk()) { \
-    } else                                     \
-      FAIL() << #expr << ": " << s_
-#define EXPECT_OK(expr)                        \
-  switch (0)                                   \
-  case 0:                                      \
-  default:                                     \
-    if (const Status s_ = (expr); s_.isOk()) { \
-    } else                                     \
-      ADD_FAILURE() << #expr << ": " << s_
-
-template <typename T>
-bool readyWithin(std::future<T>& f, Duration d = kWait) {
-  return f.wait_for(d) == std::future_status::ready;
-}
-template <typename T>
-bool readyWithin(std::shared_future<T>& f, Duration d = kWait) {
-  return f.wait_for(d) == std::future_status::ready;
-}
-template <typename T>
-bool readyWithin(boost::future<T>& f, Duration d = kWait) {
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
-  return f.wait_for(boost::chrono::milliseconds(ms)) == boost::future_status::ready;
-}
-
-// A one-shot gate over a promise: open() any number of times, from any thread; pass() waits
-// (bounded) until it is open. Handlers block on it so that a failed assertion cannot leave one
-// blocked for ever.
-class Gate {
- public:
-  void open() {
-    std::call_once(once_, [this] { promise_.set_value(); });
-  }
-  // True once open; false at the bound.
-  bool pass(Duration bound = kWait) const {
-    std::shared_future<void> opened = opened_;
-    return opened.wait_for(bound) == std::future_status::ready;
-  }
-
- private:
-  std::once_flag once_;
-  std::promise<void> promise_;
-  const std::shared_future<void> opened_ = promise_.get_future().share();
-};
+// readyWithin() and Gate::wait() wait as long by default.
+static_assert(testing::kDefaultWait == kWait);
 
 // Opens a gate when the scope ends (declared after the server and its Serving: a failed
 // assertion releases the blocked handler before anything waits for it).
@@ -204,6 +144,44 @@ void expectAdds(const RpcClient& client, int64_t a, int64_t b) {
   EXPECT_EQ(*r, a + b);
 }
 
+// Waits (bounded) for an asynchronous call's outcome and checks that it is the integer `expected`.
+void expectIntReply(boost::future<Result<Value>>& call, int64_t expected) {
+  ASSERT_TRUE(readyWithin(call));
+  Result<Value> r = call.get();
+  ASSERT_TRUE(r.isOk()) << r.status();
+  EXPECT_EQ(r->asInt(), expected);
+}
+
+// The usual end of a test's epoch: stop() from the test thread, then execute() (blocking kind)
+// returned ok and wait() completed the epoch ok.
+void expectCleanStop(MessageHandlingServer& server, Serving& serving) {
+  server.stop();
+  ASSERT_TRUE(serving.returned());
+  EXPECT_OK(serving.status());
+  EXPECT_OK(server.wait(deadlineAfter(kWait)));
+}
+
+// A method "slow" whose handler is held at a gate: it reports that it entered, waits (bounded)
+// for `release` to open, sets `finished` and returns 7 (-1 if the gate's bound passed first).
+// Declare it before the server (it must outlive the handler); one call per test.
+struct SlowMethod {
+  Gate release;
+  std::promise<void> entered;
+  std::future<void> enteredF = entered.get_future();
+  std::atomic<bool> finished{false};
+
+  void addTo(Endpoint& ep) {
+    ep.method("slow", [this]() {
+      entered.set_value();
+      const bool released = release.wait();
+      finished = true;
+      return released ? 7 : -1;
+    });
+  }
+  // True once the handler is running (bounded).
+  bool hasEntered() { return readyWithin(enteredF); }
+};
+
 template <typename Kind>
 class ServerLifecycleTest : public ::testing::Test {
  protected:
@@ -306,10 +284,7 @@ TYPED_TEST(ServerLifecycleTest, StopRacingStartFromTwoThreadsNeverHangs) {
   ASSERT_OK(server->start());  // and it still serves
   Serving serving(*server, blocking);
   ASSERT_NO_FATAL_FAILURE(expectAdds(this->client(), 20, 22));
-  server->stop();
-  ASSERT_TRUE(serving.returned());
-  EXPECT_OK(serving.status());
-  EXPECT_OK(server->wait(deadlineAfter(kWait)));
+  expectCleanStop(*server, serving);
 }
 
 // ----- seed interleavings: stop() from another thread around execute() -------------------------
@@ -335,10 +310,7 @@ TYPED_TEST(ServerLifecycleTest, SeedRaceStopFromAnotherThreadBeforeExecuteIsNotL
   ASSERT_OK(server->start());  // the next epoch is a normal one
   Serving serving(*server, TestFixture::kBlocking);
   ASSERT_NO_FATAL_FAILURE(expectAdds(this->client(), 1, 2));
-  server->stop();
-  ASSERT_TRUE(serving.returned());
-  EXPECT_OK(serving.status());
-  EXPECT_OK(server->wait(deadlineAfter(kWait)));
+  expectCleanStop(*server, serving);
 }
 
 // The same race with stop() and execute() released together (200 times): execute() returns
@@ -483,37 +455,26 @@ TYPED_TEST(ServerLifecycleTest, StartFromInsideAHandlerIsANoOpOrWouldDeadlock) {
 // The seed regression: wait() from another thread while a slow handler runs must not return
 // before the handler has finished and its reply has gone out.
 TYPED_TEST(ServerLifecycleTest, WaitFromAnotherThreadReturnsOnlyAfterSlowHandler) {
-  Gate release;
-  std::promise<void> entered;
-  std::atomic<bool> finished{false};
+  SlowMethod slow;
   Endpoint ep;
-  ep.method("slow", [&]() {
-    entered.set_value();
-    const bool released = release.pass();
-    finished = true;
-    return released ? 7 : -1;
-  });
+  slow.addTo(ep);
   auto server = this->makeServer({ep});
   ASSERT_OK(server->start());
   Serving serving(*server, TestFixture::kBlocking);
-  OpenOnExit openOnExit{release};
+  OpenOnExit openOnExit{slow.release};
   RpcClient client = this->client();
   boost::future<Result<Value>> call = client.callAsync("slow", {});
-  auto enteredF = entered.get_future();
-  ASSERT_TRUE(readyWithin(enteredF));
+  ASSERT_TRUE(slow.hasEntered());
   server->stop();
   auto waiter = std::async(std::launch::async, [&] { return server->wait(deadlineAfter(kWait)); });
   EXPECT_CODE(server->wait(deadlineAfter(kShort)), StatusCode::kTimeout);
   EXPECT_FALSE(readyWithin(waiter, 0s)) << "wait() returned while a handler was still running";
-  EXPECT_FALSE(finished.load());
-  release.open();
+  EXPECT_FALSE(slow.finished.load());
+  slow.release.open();
   ASSERT_TRUE(readyWithin(waiter));
   EXPECT_OK(waiter.get());
-  EXPECT_TRUE(finished.load()) << "wait() returned before the handler finished";
-  ASSERT_TRUE(readyWithin(call));
-  Result<Value> r = call.get();
-  ASSERT_TRUE(r.isOk()) << r.status();
-  EXPECT_EQ(r->asInt(), 7);
+  EXPECT_TRUE(slow.finished.load()) << "wait() returned before the handler finished";
+  ASSERT_NO_FATAL_FAILURE(expectIntReply(call, 7));
   ASSERT_TRUE(serving.returned());
   EXPECT_OK(serving.status());
 }
@@ -537,28 +498,20 @@ TYPED_TEST(ServerLifecycleTest, WaitFromInsideAHandlerFailsFast) {
   EXPECT_LT(Clock::now() - began, kWait / 2) << "wait() from a handler blocked";
   EXPECT_TRUE(server->isRunning());  // the refused wait() changed nothing
   ASSERT_NO_FATAL_FAILURE(expectAdds(client, 3, 4));
-  server->stop();
-  ASSERT_TRUE(serving.returned());
-  EXPECT_OK(serving.status());
-  EXPECT_OK(server->wait(deadlineAfter(kWait)));
+  expectCleanStop(*server, serving);
 }
 
 TYPED_TEST(ServerLifecycleTest, SeveralConcurrentWaitersAllReturnOkAfterTheSlowHandler) {
-  Gate release;
-  std::promise<void> entered;
+  SlowMethod slow;
   Endpoint ep;
-  ep.method("slow", [&]() {
-    entered.set_value();
-    return release.pass() ? 7 : -1;
-  });
+  slow.addTo(ep);
   auto server = this->makeServer({ep});
   ASSERT_OK(server->start());
   Serving serving(*server, TestFixture::kBlocking);
-  OpenOnExit openOnExit{release};
+  OpenOnExit openOnExit{slow.release};
   RpcClient client = this->client();
   boost::future<Result<Value>> call = client.callAsync("slow", {});
-  auto enteredF = entered.get_future();
-  ASSERT_TRUE(readyWithin(enteredF));
+  ASSERT_TRUE(slow.hasEntered());
   server->stop();
   constexpr int kWaiters = 4;
   std::vector<std::future<Status>> waiters;
@@ -568,15 +521,12 @@ TYPED_TEST(ServerLifecycleTest, SeveralConcurrentWaitersAllReturnOkAfterTheSlowH
   }
   EXPECT_CODE(server->wait(deadlineAfter(kShort)), StatusCode::kTimeout);
   for (auto& w : waiters) EXPECT_FALSE(readyWithin(w, 0s)) << "a waiter returned early";
-  release.open();
+  slow.release.open();
   for (auto& w : waiters) {
     ASSERT_TRUE(readyWithin(w));
     EXPECT_OK(w.get());
   }
-  ASSERT_TRUE(readyWithin(call));
-  Result<Value> r = call.get();
-  ASSERT_TRUE(r.isOk()) << r.status();
-  EXPECT_EQ(r->asInt(), 7);
+  ASSERT_NO_FATAL_FAILURE(expectIntReply(call, 7));
   ASSERT_TRUE(serving.returned());
   EXPECT_OK(serving.status());
 }
@@ -589,10 +539,7 @@ TYPED_TEST(ServerLifecycleTest, WaitWithDeadlineAndNoStopTimesOut) {
   EXPECT_CODE(server->wait(Clock::now()), StatusCode::kTimeout);  // a past deadline: at once
   EXPECT_TRUE(server->isRunning());  // a timed-out wait() stops nothing
   ASSERT_NO_FATAL_FAILURE(expectAdds(this->client(), 5, 6));
-  server->stop();
-  ASSERT_TRUE(serving.returned());
-  EXPECT_OK(serving.status());
-  EXPECT_OK(server->wait(deadlineAfter(kWait)));
+  expectCleanStop(*server, serving);
 }
 
 // A deferred reply keeps the epoch open: wait() returns only after it was completed (from
@@ -618,10 +565,7 @@ TYPED_TEST(ServerLifecycleTest, WaitWaitsForADeferredReplyCompletedAfterStop) {
   EXPECT_FALSE(readyWithin(call, 0s));
   reply.completeWith(int64_t{99});
   EXPECT_OK(server->wait(deadlineAfter(kWait)));
-  ASSERT_TRUE(readyWithin(call));
-  Result<Value> r = call.get();
-  ASSERT_TRUE(r.isOk()) << r.status();
-  EXPECT_EQ(r->asInt(), 99);
+  ASSERT_NO_FATAL_FAILURE(expectIntReply(call, 99));
   ASSERT_TRUE(serving.returned());
   EXPECT_OK(serving.status());
 }
@@ -653,45 +597,34 @@ TYPED_TEST(ServerLifecycleTest, RestartAfterStopAndWait) {
 // completes and its listener is released) before the new one listens.
 TYPED_TEST(ServerLifecycleTest, StartAfterStopWithoutWaitFinishesTheOldEpochFirst) {
   CountingTransport counting(this->transport_);
-  Gate release;
-  std::promise<void> entered;
+  SlowMethod slow;
   Endpoint ep = calculator();
-  ep.method("slow", [&]() {
-    entered.set_value();
-    return release.pass() ? 7 : -1;
-  });
+  slow.addTo(ep);
   auto server = this->makeServer({ep}, &counting);
   ASSERT_OK(server->start());
   auto serving = std::make_unique<Serving>(*server, TestFixture::kBlocking);
-  OpenOnExit openOnExit{release};
+  OpenOnExit openOnExit{slow.release};
   RpcClient client = this->client();
-  boost::future<Result<Value>> slow = client.callAsync("slow", {});
-  auto enteredF = entered.get_future();
-  ASSERT_TRUE(readyWithin(enteredF));
+  boost::future<Result<Value>> call = client.callAsync("slow", {});
+  ASSERT_TRUE(slow.hasEntered());
   server->stop();
   auto restarted = std::async(std::launch::async, [&] { return server->start(); });
   EXPECT_FALSE(readyWithin(restarted, kShort))
       << "start() returned while the stopped epoch still had a handler running";
   EXPECT_EQ(counting.made(), 1) << "the new epoch listened before the old one finished";
-  release.open();
+  slow.release.open();
   ASSERT_TRUE(readyWithin(restarted));
   ASSERT_OK(restarted.get());
   EXPECT_TRUE(server->isRunning());
   EXPECT_EQ(counting.made(), 2);
   EXPECT_EQ(counting.open(), 1) << "the old epoch's listener leaked";
-  ASSERT_TRUE(readyWithin(slow));
-  Result<Value> r = slow.get();
-  ASSERT_TRUE(r.isOk()) << r.status();
-  EXPECT_EQ(r->asInt(), 7);
+  ASSERT_NO_FATAL_FAILURE(expectIntReply(call, 7));
   ASSERT_TRUE(serving->returned());  // the old epoch's execute() ended
   EXPECT_OK(serving->status());
   serving = std::make_unique<Serving>(*server, TestFixture::kBlocking);  // the new epoch's
 
   ASSERT_NO_FATAL_FAILURE(expectAdds(client, 4, 5));
-  server->stop();
-  ASSERT_TRUE(serving->returned());
-  EXPECT_OK(serving->status());
-  EXPECT_OK(server->wait(deadlineAfter(kWait)));
+  ASSERT_NO_FATAL_FAILURE(expectCleanStop(*server, *serving));
   EXPECT_EQ(counting.open(), 0);
 }
 
@@ -717,10 +650,7 @@ TYPED_TEST(ServerLifecycleTest, FailedStartCanBeRetried) {
   EXPECT_TRUE(server->isRunning());
   Serving serving(*server, TestFixture::kBlocking);
   ASSERT_NO_FATAL_FAILURE(expectAdds(this->client(), 8, 9));  // through the in-memory broker
-  server->stop();
-  ASSERT_TRUE(serving.returned());
-  EXPECT_OK(serving.status());
-  EXPECT_OK(server->wait(deadlineAfter(kWait)));
+  expectCleanStop(*server, serving);
 }
 
 // A Target that cannot serve fails every start() the same way; nothing is left half-started.
@@ -803,10 +733,7 @@ TYPED_TEST(ServerLifecycleTest, OneThousandStartStopWaitCyclesFromSeveralThreads
   ASSERT_OK(server->start());
   Serving serving(*server, blocking);
   ASSERT_NO_FATAL_FAILURE(expectAdds(this->client(), 40, 2));
-  server->stop();
-  ASSERT_TRUE(serving.returned());
-  EXPECT_OK(serving.status());
-  EXPECT_OK(server->wait(deadlineAfter(kWait)));
+  expectCleanStop(*server, serving);
 }
 
 // ----- destructor -------------------------------------------------------------------------------
@@ -814,40 +741,29 @@ TYPED_TEST(ServerLifecycleTest, OneThousandStartStopWaitCyclesFromSeveralThreads
 // Destroying a running server stops it and waits: a call in flight, completed by its handler
 // only after another thread opens the gate (once the destructor has begun), still gets its reply.
 TYPED_TEST(ServerLifecycleTest, DestructorStopsAndWaitsForTheCallInFlight) {
-  Gate release;
-  std::promise<void> entered;
-  std::atomic<bool> finished{false};
+  SlowMethod slow;
   Endpoint ep;
-  ep.method("slow", [&]() {
-    entered.set_value();
-    const bool released = release.pass();
-    finished = true;
-    return released ? 7 : -1;
-  });
+  slow.addTo(ep);
   auto server = this->makeServer({ep});
   ASSERT_OK(server->start());
   auto serving = std::make_unique<Serving>(*server, TestFixture::kBlocking);
   RpcClient client = this->client();
   boost::future<Result<Value>> call = client.callAsync("slow", {});
-  auto enteredF = entered.get_future();
-  ASSERT_TRUE(readyWithin(enteredF));
+  ASSERT_TRUE(slow.hasEntered());
 
   // The releaser watches for the destructor's stop(); the destructor cannot get past its wait()
   // before the gate opens, so reading isRunning() until then is safe.
   MessageHandlingServer* raw = server.get();
-  std::thread releaser([&release, raw] {
+  std::thread releaser([&slow, raw] {
     const Deadline bound = deadlineAfter(kWait);
     while (raw->isRunning() && Clock::now() < bound) std::this_thread::yield();
-    release.open();
+    slow.release.open();
   });
   serving->forgetServer();
   server.reset();  // ~MessageHandlingServer: stop() + wait()
   releaser.join();
-  EXPECT_TRUE(finished.load()) << "the destructor returned before the handler finished";
-  ASSERT_TRUE(readyWithin(call));
-  Result<Value> r = call.get();
-  ASSERT_TRUE(r.isOk()) << r.status();
-  EXPECT_EQ(r->asInt(), 7);
+  EXPECT_TRUE(slow.finished.load()) << "the destructor returned before the handler finished";
+  ASSERT_NO_FATAL_FAILURE(expectIntReply(call, 7));
   ASSERT_TRUE(serving->returned());
   EXPECT_OK(serving->status());
 }

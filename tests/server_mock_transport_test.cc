@@ -14,7 +14,6 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <string_view>
 #include <thread>
 #include <tuple>
 #include <utility>
@@ -33,6 +32,7 @@
 #include "messaging/target.h"
 #include "tests/support/executor_kinds.h"
 #include "tests/support/mock_transport.h"
+#include "tests/support/test_util.h"
 
 namespace switchboard {
 namespace {
@@ -56,41 +56,13 @@ using testing::MockIncomingMessage;
 using testing::MockListener;
 using testing::MockTransport;
 
+using testing::Gate;  // tests/support/test_util.h
+using testing::LogCapture;
+using testing::readyWithin;
+
 constexpr Duration kWait = 10s;  // bound on every wait that is expected to succeed
-
-// EXPECT_CODE(status, code) << "context": `status` is evaluated once.
-#define EXPECT_CODE(status, expected)                                                     \
-  switch (0)                                                                              \
-  case 0:                                                                                 \
-  default:                                                                                \
-    if (const Status c_ = (status); c_.code() == (expected)) {                            \
-    } else                                                                                \
-      ADD_FAILURE() << #status << ": expected " << statusCodeName(expected) << ", got " << c_
-// ASSERT_OK(expr) << "context" / EXPECT_OK: the Status is printed on failure.
-#define ASSERT_OK(expr)                        \
-  switch (0)                                   \
-  case 0:                                      \
-  default:                                     \
-    if (const Status s_ = (expr); s_.isOk()) { \
-    } else                                     \
-      FAIL() << #expr << ": " << s_
-#define EXPECT_OK(expr)                        \
-  switch (0)                                   \
-  case 0:                                      \
-  default:                                     \
-    if (const Status s_ = (expr); s_.isOk()) { \
-    } else                                     \
-      ADD_FAILURE() << #expr << ": " << s_
-
-template <typename T>
-bool readyWithin(std::future<T>& f, Duration d = kWait) {
-  return f.wait_for(d) == std::future_status::ready;
-}
-template <typename T>
-bool readyWithin(boost::future<T>& f, Duration d = kWait) {
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
-  return f.wait_for(boost::chrono::milliseconds(ms)) == boost::future_status::ready;
-}
+// readyWithin() waits as long by default.
+static_assert(testing::kDefaultWait == kWait);
 
 // What a MockListener serves: a queue the test fills. poll() blocks until a message is queued,
 // interrupt() was called (sticky until a poll returns, as Listener requires) or the deadline;
@@ -152,28 +124,24 @@ class Inbox {
   int polls_ = 0;                  // guarded by mutex_
 };
 
-// A thread-safe LogSink that keeps the lines (the server logs dropped messages).
-class LogCapture {
- public:
-  LogSink sink() {
-    return [this](LogLevel, std::string_view component, std::string_view message) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      text_ += std::string(component) + ": " + std::string(message) + "\n";
-    };
-  }
-  std::string text() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return text_;
-  }
-
- private:
-  mutable std::mutex mutex_;
-  std::string text_;
-};
-
 // What a mocked listen() returns: ownership of `listener`, as a Result.
 Result<std::unique_ptr<Listener>> handOver(std::unique_ptr<Listener>& listener) {
   return std::move(listener);
+}
+
+// Makes the next listen() on `transport` (on an address that matches `address`) hand over a new
+// NiceMock listener whose poll() and interrupt() are `inbox`'s. Returns the listener, for more
+// expectations before start(); once listened it is the server's.
+NiceMock<MockListener>& expectListen(MockTransport& transport, Inbox& inbox,
+                                     const ::testing::Matcher<const Address&>& address = _) {
+  auto owned = std::make_unique<NiceMock<MockListener>>();
+  NiceMock<MockListener>& listener = *owned;
+  inbox.serve(listener);
+  auto handed = std::make_shared<std::unique_ptr<Listener>>(std::move(owned));
+  EXPECT_CALL(transport, listen(address)).WillOnce([handed](const Address&) {
+    return handOver(*handed);
+  });
+  return listener;
 }
 
 Endpoint calculator() {
@@ -217,15 +185,26 @@ std::future<void> expectAcknowledged(MockIncomingMessage& message) {
   return acked->get_future();
 }
 
-// Decodes a reply the server sent; fails the test unless it is a response.
-ResponseMessage decodeResponse(const std::string& bytes) {
+// Decodes `bytes` as a message of kind M (`what` names it); fails the test and returns an empty
+// M unless they are one.
+template <typename M>
+M decodeAs(const std::string& bytes, const char* what) {
   DecodedMessage decoded = decodeMessage(bytes);
   EXPECT_TRUE(decoded.isOk()) << decoded.status();
-  if (!decoded || !std::holds_alternative<ResponseMessage>(decoded.message())) {
-    ADD_FAILURE() << "not a response";
-    return ResponseMessage{};
+  if (!decoded || !std::holds_alternative<M>(decoded.message())) {
+    ADD_FAILURE() << "not " << what;
+    return M{};
   }
-  return std::get<ResponseMessage>(decoded.message());
+  return std::get<M>(decoded.message());
+}
+
+// A reply the server sent.
+ResponseMessage decodeResponse(const std::string& bytes) {
+  return decodeAs<ResponseMessage>(bytes, "a response");
+}
+// What the client sent.
+RequestMessage decodeRequest(const std::string& bytes) {
+  return decodeAs<RequestMessage>(bytes, "a request");
 }
 
 // ----- listener lifecycle -----------------------------------------------------------------------
@@ -311,12 +290,8 @@ template <typename Kind>
 void requestIsAnsweredOnceWithTheEncodedResponse() {
   NiceMock<MockTransport> transport;
   Inbox inbox;
-  auto mock = std::make_unique<NiceMock<MockListener>>();
-  inbox.serve(*mock);
-  EXPECT_CALL(*mock, close()).Times(1);
-  std::unique_ptr<Listener> listener = std::move(mock);
-  EXPECT_CALL(transport, listen(serverTarget().address()))
-      .WillOnce([&](const Address&) { return handOver(listener); });
+  MockListener& listener = expectListen(transport, inbox, serverTarget().address());
+  EXPECT_CALL(listener, close()).Times(1);
   std::future<Status> executed;  // declared first: the server's destructor ends execute()
   MessageHandlingServer server(transport, serverTarget(), RpcDispatcher({calculator()}),
                                Kind::make());
@@ -358,10 +333,7 @@ TEST(ServerMockTransportTest, RequestIsAnsweredOnceWithTheEncodedResponseBlockin
 TEST(ServerMockTransportTest, MalformedMessagesAreAnsweredOrDroppedAndServingGoesOn) {
   NiceMock<MockTransport> transport;
   Inbox inbox;
-  auto mock = std::make_unique<NiceMock<MockListener>>();
-  inbox.serve(*mock);
-  std::unique_ptr<Listener> listener = std::move(mock);
-  EXPECT_CALL(transport, listen(_)).WillOnce([&](const Address&) { return handOver(listener); });
+  expectListen(transport, inbox);
   LogCapture log;
   MessageHandlingServer::Options options;
   options.log = log.sink();
@@ -405,7 +377,7 @@ TEST(ServerMockTransportTest, MalformedMessagesAreAnsweredOrDroppedAndServingGoe
   EXPECT_EQ(stats.replied, 2u);
   EXPECT_EQ(stats.failed, 1u);
   EXPECT_GE(stats.dropped, 1u);
-  EXPECT_THAT(log.text(), ::testing::HasSubstr("dropped a message"));
+  EXPECT_THAT(log.dump(), ::testing::HasSubstr("dropped a message"));
 }
 
 // ----- cancellation -----------------------------------------------------------------------------
@@ -415,10 +387,7 @@ TEST(ServerMockTransportTest, MalformedMessagesAreAnsweredOrDroppedAndServingGoe
 TEST(ServerMockTransportTest, CancelForACallInFlightSetsIsCancelled) {
   NiceMock<MockTransport> transport;
   Inbox inbox;
-  auto mock = std::make_unique<NiceMock<MockListener>>();
-  inbox.serve(*mock);
-  std::unique_ptr<Listener> listener = std::move(mock);
-  EXPECT_CALL(transport, listen(_)).WillOnce([&](const Address&) { return handOver(listener); });
+  expectListen(transport, inbox);
   std::promise<void> entered;
   Endpoint ep;
   ep.method("slow", [&](CallContext& ctx) {
@@ -482,21 +451,17 @@ TEST(ServerMockTransportTest, NoRequestIsDispatchedAfterStopReturned) {
   NiceMock<MockTransport> transport;
   Inbox inbox;
   std::promise<void> polling;
-  std::promise<void> letGo;
-  auto letGoF = letGo.get_future().share();
+  Gate letGo;
   bool first = true;  // receiving thread only
-  auto mock = std::make_unique<NiceMock<MockListener>>();
-  inbox.serve(*mock);
-  ON_CALL(*mock, poll(_, _, _))
+  MockListener& listener = expectListen(transport, inbox);
+  ON_CALL(listener, poll(_, _, _))  // overrides the inbox's poll()
       .WillByDefault([&](Deadline deadline, size_t maxBatch, std::vector<IncomingPtr>& out) {
         if (std::exchange(first, false)) {  // the first poll() is held at its entry
           polling.set_value();
-          (void)letGoF.wait_for(kWait);
+          (void)letGo.wait(kWait);
         }
         return inbox.poll(deadline, maxBatch, out);
       });
-  std::unique_ptr<Listener> listener = std::move(mock);
-  EXPECT_CALL(transport, listen(_)).WillOnce([&](const Address&) { return handOver(listener); });
   std::atomic<int> dispatched{0};
   Endpoint ep;
   ep.method("add", [&](int64_t a, int64_t b) {
@@ -513,7 +478,7 @@ TEST(ServerMockTransportTest, NoRequestIsDispatchedAfterStopReturned) {
   auto late = incoming(encodeMessage(RequestMessage{5, "add", {1, 2}, {}}));
   std::future<std::string> replied = expectOneReply(*late);  // nothing accepted goes unanswered
   inbox.push(std::move(late));
-  letGo.set_value();
+  letGo.open();
   ASSERT_OK(server.wait(deadlineAfter(kWait)));
   EXPECT_EQ(dispatched.load(), 0) << "a request arriving after stop() returned was dispatched";
   ASSERT_TRUE(readyWithin(replied, 0s));
@@ -547,17 +512,6 @@ struct MockedClient {
   StrictMock<MockClientChannel>* channel = nullptr;  // owned by the client once created
   ReplyCallback deliver;                             // the client's reply callback
 };
-
-// Decodes what the client sent; fails the test unless it is a request.
-RequestMessage decodeRequest(const std::string& bytes) {
-  DecodedMessage decoded = decodeMessage(bytes);
-  EXPECT_TRUE(decoded.isOk()) << decoded.status();
-  if (!decoded || !std::holds_alternative<RequestMessage>(decoded.message())) {
-    ADD_FAILURE() << "not a request";
-    return RequestMessage{};
-  }
-  return std::get<RequestMessage>(decoded.message());
-}
 
 // send() gets the encoded request (method, params, a "dl" budget) for the target's address and
 // the call's deadline; the matching response completes the call with its value.

@@ -123,6 +123,14 @@ class ToolsProcessTest : public ::testing::TestWithParam<std::string> {
   std::string call(const std::string& url, const std::string& args) {
     return envOr("SWITCHBOARD_CALL", "switchboard-call") + " --connect " + url + " " + args;
   }
+  // A DEALER connected to `url`: no linger, receives time out after 10 s.
+  static zmq::socket_t dealerTo(zmq::context_t& context, const std::string& url) {
+    zmq::socket_t dealer(context, zmq::socket_type::dealer);
+    dealer.set(zmq::sockopt::linger, 0);
+    dealer.set(zmq::sockopt::rcvtimeo, 10000);
+    dealer.connect(url);
+    return dealer;
+  }
 };
 
 TEST_P(ToolsProcessTest, CliCallsTheServerAndReportsTypedErrors) {
@@ -159,10 +167,7 @@ TEST_P(ToolsProcessTest, SigtermDrainsCallsInFlight) {
   ServerProcess server(GetParam());
   ASSERT_FALSE(server.url().empty());
   zmq::context_t context;
-  zmq::socket_t dealer(context, zmq::socket_type::dealer);
-  dealer.set(zmq::sockopt::linger, 0);
-  dealer.set(zmq::sockopt::rcvtimeo, 10000);
-  dealer.connect(server.url());
+  zmq::socket_t dealer = dealerTo(context, server.url());
   dealer.send(zmq::buffer(encodeMessage(RequestMessage{1, "sleep", {300}, {}})));
   // The call is in flight once an echo sent after it has been answered (one connection, one
   // receiving thread: the sleep was taken first).
@@ -183,11 +188,8 @@ TEST_P(ToolsProcessTest, SurvivesHostileInputWithBoundedMemory) {
   ServerProcess server(GetParam());
   ASSERT_FALSE(server.url().empty());
   zmq::context_t context;
-  zmq::socket_t dealer(context, zmq::socket_type::dealer);
-  dealer.set(zmq::sockopt::linger, 0);
-  dealer.set(zmq::sockopt::rcvtimeo, 10000);
+  zmq::socket_t dealer = dealerTo(context, server.url());
   dealer.set(zmq::sockopt::sndtimeo, 10000);
-  dealer.connect(server.url());
   auto echoWorks = [&](uint32_t id) {
     dealer.send(zmq::buffer(encodeMessage(RequestMessage{id, "echo", {"ok"}, {}})));
     for (;;) {  // skip the error replies to the hostile requests that had a msgid
@@ -223,7 +225,9 @@ TEST_P(ToolsProcessTest, SurvivesHostileInputWithBoundedMemory) {
       if (bytes.size() > 100000 && round % 50 != 0) continue;
       ASSERT_TRUE(dealer.send(zmq::buffer(bytes)).has_value());
     }
-    if (round % 100 == 99) ASSERT_TRUE(echoWorks(round));  // paces the sender
+    if (round % 100 == 99) {
+      ASSERT_TRUE(echoWorks(round));  // paces the sender
+    }
     if (round == kWarmUpRounds) before = server.rssKiB();
   }
   ASSERT_TRUE(echoWorks(2'000'000));

@@ -17,8 +17,12 @@ void sleepStep(Executor* executor, std::shared_ptr<DeferredReply> reply,
                std::shared_ptr<const std::atomic<bool>> cancelled, Deadline callerDeadline,
                Deadline until, int64_t ms) {
   const Deadline now = Clock::now();
-  if ((cancelled && cancelled->load()) || now >= callerDeadline) {
+  if (cancelled && cancelled->load()) {
     reply->fail(Status(StatusCode::kCancelled, "sleep cancelled by the caller"));
+    return;
+  }
+  if (now >= callerDeadline) {  // the caller is giving up too: say what it will see
+    reply->fail(Status(StatusCode::kTimeout, "sleep outlived the caller's deadline"));
     return;
   }
   if (now >= until) {
