@@ -76,7 +76,8 @@ struct ExecutorOptions {
 //                 stop() finishes the previous epoch's wait() first and begins a new epoch.
 //  execute()      blocking executor only: runs the loop on the caller's thread until stop().
 //  stop()         non-blocking, idempotent, from any thread including a task; never overtakes a
-//                 start() in progress. Afterwards no new task is taken from the source.
+//                 start() in progress. Afterwards no new task runs: while the epoch drains, tasks
+//                 still polled are rejected kShuttingDown.
 //  wait(deadline) blocks until stopped, every taken task finished, all work guards released and
 //                 every thread joined. kTimeout at the deadline; kWouldDeadlock at once when
 //                 called from a thread of this executor.
