@@ -2,6 +2,7 @@
 // The default sink writes warnings and errors to stderr; applications pass their own.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <string_view>
 
@@ -15,5 +16,9 @@ using LogSink = std::function<void(LogLevel level, std::string_view component,
 
 // Writes kWarning and above to stderr as "switchboard[component] level: message".
 LogSink stderrLogSink();
+
+// For events counted on every occurrence but logged with back-off: true for the 1st, 2nd, 4th,
+// 8th... occurrence (`count` starts at 1), so a flood of bad input cannot flood the log.
+inline bool isLoggedOccurrence(uint64_t count) { return count != 0 && (count & (count - 1)) == 0; }
 
 }  // namespace switchboard

@@ -13,11 +13,6 @@
 namespace switchboard {
 namespace detail {
 
-namespace {
-// Logs the 1st, 2nd, 4th, 8th... occurrence: counted always, logged without flooding.
-bool shouldLog(uint64_t count) { return (count & (count - 1)) == 0; }
-}  // namespace
-
 class CallReply;
 
 // Everything the server shares with its tasks; a TaskSource over the transport listener.
@@ -353,7 +348,7 @@ void ServerCore::unregister(const std::string& key) {
 
 void ServerCore::dropped(std::string_view why) {
   const uint64_t n = dropped_.fetch_add(1, std::memory_order_relaxed) + 1;
-  if (shouldLog(n)) {
+  if (isLoggedOccurrence(n)) {
     options_.log(LogLevel::kWarning, "server",
                  "dropped a message (" + std::to_string(n) + " so far): " + std::string(why));
   }

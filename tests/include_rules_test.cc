@@ -52,19 +52,27 @@ TEST(IncludeRulesTest, MessagingDoesNotReachUp) {
   }
 }
 
-TEST(IncludeRulesTest, MsgpackStaysInTheCodec) {
-  const std::regex msgpack(R"re(#\s*include\s*[<"]msgpack)re");
+// Every library file that includes `header` (a regex over the include line) is `allowed`.
+void expectConfinedTo(const std::regex& header, const std::string& allowed) {
   for (const char* layer : {"base", "executors", "transports", "messaging"}) {
     for (const auto& entry :
          fs::recursive_directory_iterator(fs::path(SWITCHBOARD_SOURCE_ROOT) / layer)) {
       if (!entry.is_regular_file()) continue;
       std::ifstream in(entry.path());
       const std::string text((std::istreambuf_iterator<char>(in)), {});
-      if (std::regex_search(text, msgpack)) {
-        EXPECT_EQ(entry.path().filename(), "codec.cc") << entry.path();
+      if (std::regex_search(text, header)) {
+        EXPECT_EQ(entry.path().filename(), allowed) << entry.path();
       }
     }
   }
+}
+
+TEST(IncludeRulesTest, MsgpackStaysInTheCodec) {
+  expectConfinedTo(std::regex(R"re(#\s*include\s*[<"]msgpack)re"), "codec.cc");
+}
+
+TEST(IncludeRulesTest, CppzmqStaysInTheZmqTransport) {
+  expectConfinedTo(std::regex(R"re(#\s*include\s*[<"]zmq)re"), "zmq_transport.cc");
 }
 
 }  // namespace

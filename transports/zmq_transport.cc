@@ -30,10 +30,10 @@ class ZmqShared {
   std::atomic<uint64_t> received_{0}, malformedDropped_{0}, repliesSent_{0}, repliesDropped_{0},
       sendsExpired_{0};
 
-  // Counted always; logged at the 1st, 2nd, 4th, 8th... time so a flood cannot flood the log.
+  // Counted always; logged with back-off (isLoggedOccurrence).
   void drop(std::atomic<uint64_t>& counter, std::string_view why) {
     const uint64_t n = counter.fetch_add(1, std::memory_order_relaxed) + 1;
-    if ((n & (n - 1)) == 0) {
+    if (isLoggedOccurrence(n)) {
       options_.log(LogLevel::kWarning, "zmq",
                    std::string(why) + " (" + std::to_string(n) + " so far)");
     }
