@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "base/deadline.h"
@@ -63,6 +64,16 @@ class Listener {
 // replier's); it must be quick and must not destroy the channel it belongs to.
 using ReplyCallback = std::function<void(std::string bytes)>;
 
+// What a channel learns about its link to the peer, where the transport can tell (ZeroMQ's
+// socket monitor can; the in-memory transport has no links and reports nothing).
+enum class LinkEvent {
+  kUp,       // connected and handshaken with the peer
+  kDown,     // an established link was lost (peer closed, reset, heartbeat timeout)
+  kRefused,  // an attempt to connect failed (refused, unreachable); the transport may retry
+};
+// Runs on a transport thread, under the same rules as a ReplyCallback; `detail` says why.
+using LinkCallback = std::function<void(LinkEvent event, std::string_view detail)>;
+
 // The client side of a transport: sends to addresses; replies come back to its callback.
 // Thread-safe. After the destructor returns no callback runs and none is running.
 class ClientChannel {
@@ -88,8 +99,13 @@ class Transport {
   // Starts taking messages for `address` (topic and server required, fanout ignored: a server
   // listener also receives the topic's fanout messages and those for any server of the topic).
   virtual Result<std::unique_ptr<Listener>> listen(const Address& address) = 0;
-  // Opens a client channel whose replies go to `onReply`.
-  virtual Result<std::unique_ptr<ClientChannel>> openChannel(ReplyCallback onReply) = 0;
+  // Opens a client channel whose replies go to `onReply` and link events to `onLink` (either
+  // may be empty).
+  virtual Result<std::unique_ptr<ClientChannel>> openChannel(ReplyCallback onReply,
+                                                             LinkCallback onLink) = 0;
+  Result<std::unique_ptr<ClientChannel>> openChannel(ReplyCallback onReply) {
+    return openChannel(std::move(onReply), LinkCallback());
+  }
 };
 
 }  // namespace switchboard
