@@ -3,11 +3,9 @@
 // instead of sleeping.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
-#include <map>
-#include <mutex>
+#include <memory>
 #include <thread>
 
 #include "base/deadline.h"
@@ -34,28 +32,27 @@ class TimerQueue {
   virtual void cancel(TimerId id) = 0;
 };
 
-// A TimerQueue on the steady clock with one thread of its own, joined by the destructor; tasks
-// still scheduled then are destroyed without running.
+// A TimerQueue on the steady clock with one thread of its own, joined by shutdown() (or the
+// destructor); tasks still scheduled then are destroyed without running.
 class ThreadTimerQueue final : public TimerQueue {
  public:
   ThreadTimerQueue();
   ~ThreadTimerQueue() override;
+
+  // Joins the thread (called from a task, lets it end right after the task instead); later
+  // tasks are destroyed at once without running. Idempotent.
+  void shutdown();
+  // True on the queue's own thread (in a task).
+  bool isQueueThread() const;
 
   Deadline now() const override { return Clock::now(); }
   TimerId schedule(Deadline at, std::function<void()> task) override;
   void cancel(TimerId id) override;
 
  private:
-  void run();
-
-  std::mutex mutex_;
-  std::condition_variable wake_;
-  bool stopping_ = false;                                         // guarded by mutex_
-  TimerId nextId_ = 1;                                            // guarded by mutex_
-  TimerId running_ = 0;                                           // guarded by mutex_
-  std::map<std::pair<Deadline, TimerId>, std::function<void()>> tasks_;  // guarded by mutex_
-  std::map<TimerId, Deadline> byId_;                              // guarded by mutex_
-  std::thread thread_;  // last: started once the rest is built
+  struct State;
+  std::shared_ptr<State> state_;
+  std::thread thread_;
 };
 
 }  // namespace switchboard

@@ -18,6 +18,7 @@
 #include "base/log.h"
 #include "base/status.h"
 #include "messaging/dispatcher.h"
+#include "messaging/network.h"
 #include "messaging/serializer.h"
 #include "messaging/target.h"
 #include "messaging/value.h"
@@ -29,8 +30,9 @@ namespace detail {
 class ClientCore;
 }
 
-// A cheap handle: copies and prepare()d variants share one channel, one message-id space and
-// one table of calls in flight. Thread-safe. The transport must outlive every handle.
+// A cheap handle: copies and prepare()d variants share one channel (or network), one message-id
+// space and one table of calls in flight. Thread-safe. The transport (or the network's
+// connector) must outlive every handle. Outcome callbacks may drop the last handle.
 class RpcClient {
  public:
   struct Options {
@@ -42,6 +44,9 @@ class RpcClient {
     // call-in-progress heartbeats every half of it, and a call fails kPeerLost once no
     // heartbeat or reply came for this long, however far its timeout is. Unset: no monitor.
     std::optional<Duration> callMonitorTimeout;
+    // Safe to run twice: after a server fails with the call unanswered, the network re-sends it
+    // to another server instead of failing it kPeerLost. (Only with several servers.)
+    bool idempotent = false;
     Context context;                         // sent with every call and cast
     const Serializer* serializer = nullptr;  // borrowed; null means pass-through
     LogSink log = stderrLogSink();
@@ -55,13 +60,16 @@ class RpcClient {
     std::optional<Duration> timeout{};
     std::optional<Version> versionCap{};
     std::optional<Duration> callMonitorTimeout{};
+    std::optional<bool> idempotent{};
     std::optional<Context> context{};
   };
 
   struct Stats {
     uint64_t calls = 0;         // calls sent
     uint64_t timeouts = 0;      // calls that ended kTimeout
-    uint64_t peerLost = 0;      // calls failed kPeerLost: heartbeats stopped
+    uint64_t peerLost = 0;      // calls failed kPeerLost: heartbeats stopped, server failed
+    uint64_t replayed = 0;      // calls re-sent to another server after one failed
+    uint64_t failovers = 0;     // times the main server failed and another took over
     uint64_t heartbeats = 0;    // call-in-progress heartbeats received
     uint64_t lateReplies = 0;   // replies for no call in flight (after its timeout)
     uint64_t badReplies = 0;    // replies that broke the protocol
@@ -74,6 +82,9 @@ class RpcClient {
   // Opens a channel on `transport` for `target` (which needs a topic).
   static Result<RpcClient> create(Transport& transport, Target target, Options options);
   static Result<RpcClient> create(Transport& transport, Target target);
+  // Calls over `network`'s servers (which it keeps alive): failover, replay of idempotent calls.
+  static Result<RpcClient> create(const Network& network, Target target, Options options);
+  static Result<RpcClient> create(const Network& network, Target target);
 
   // A copy with overrides, sharing this client's channel.
   RpcClient prepare(const Overrides& overrides) const;

@@ -7,9 +7,9 @@
 namespace switchboard {
 
 struct Address {
-  std::string exchange;  // isolates groups of topics; empty means the transport's default
-  std::string topic;     // the service; required
-  std::string server;    // one server of the topic; empty means any one of them
+  std::string exchange{};  // isolates groups of topics; empty means the transport's default
+  std::string topic{};     // the service; required
+  std::string server{};    // one server of the topic; empty means any one of them
   bool fanout = false;   // every server listening on the topic
 
   friend bool operator==(const Address&, const Address&) = default;

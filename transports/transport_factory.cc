@@ -13,8 +13,9 @@ class SharedInMemoryTransport final : public Transport {
   Result<std::unique_ptr<Listener>> listen(const Address& address) override {
     return shared_->listen(address);
   }
-  Result<std::unique_ptr<ClientChannel>> openChannel(ReplyCallback onReply) override {
-    return shared_->openChannel(std::move(onReply));
+  Result<std::unique_ptr<ClientChannel>> openChannel(ReplyCallback onReply,
+                                                     LinkCallback onLink) override {
+    return shared_->openChannel(std::move(onReply), std::move(onLink));
   }
 
  private:

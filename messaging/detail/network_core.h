@@ -1,0 +1,177 @@
+// NetworkCore: what a Network handle and the RpcClients made on it share: the connections and
+// their states, the message-id authority, the calls in flight and every timer.
+// An RpcClient on a single Transport uses one too, in direct mode: one channel that is connected
+// from the start and never handshaken, pinged or failed over (the transport routes).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "messaging/detail/wire.h"
+#include "messaging/network.h"
+
+namespace switchboard::detail {
+
+// A call's one outcome as the server sent it: its error, or its result not yet deserialized.
+using RawOutcome = std::function<void(Result<Value>)>;
+
+struct OutgoingCall {
+  Address to;
+  RequestMessage request;  // its msgid is given by the network (again on a replay)
+  Deadline deadline;       // on the network's clock (NetworkCore::now)
+  std::optional<Duration> monitor;  // the call monitor: see RpcClient::Options
+  bool idempotent = false;          // safe to re-send to another server after a failure
+};
+
+// One subscriber's callback. While it runs it is moved out of the slot, so release() can wait
+// for it to finish (or, from the callback itself, leave its destruction to the delivery).
+struct EventSlot {
+  std::mutex mutex;
+  std::condition_variable idle;
+  std::function<void(const NetworkEvent&)> onEvent;  // guarded by mutex
+  std::thread::id runningOn;                          // guarded by mutex
+  bool released = false;                              // guarded by mutex
+};
+// Unregistered slots: waits until the callback is not running, then destroys it.
+void releaseSlot(EventSlot& slot);
+void deliverTo(EventSlot& slot, const NetworkEvent& event);
+
+class NetworkCore {
+ public:
+  // A network over `connector`'s servers.
+  NetworkCore(Connector& connector, Network::Options options);
+  // Direct mode: one channel of `transport`.
+  NetworkCore(Transport& transport, LogSink log);
+  ~NetworkCore();
+  NetworkCore(const NetworkCore&) = delete;
+  NetworkCore& operator=(const NetworkCore&) = delete;
+
+  // Validates the options and starts connecting. Once, right after construction.
+  Status start();
+
+  Deadline now() const { return timers_->now(); }
+  // `done` gets exactly one outcome, on a network thread or the caller's.
+  void call(OutgoingCall call, RawOutcome done);
+  // To the selected server; with to.fanout to every connected one.
+  Status cast(const Address& to, const NotificationMessage& cast);
+
+  void addSubscription(std::shared_ptr<EventSlot> slot);
+  void removeSubscription(const std::shared_ptr<EventSlot>& slot);
+  Status switchTo(const std::string& server);
+  NetworkStatus status() const;
+  Network::Stats stats() const;
+  void stop();
+
+ private:
+  void stop(bool destroying);
+  struct Server {
+    std::string url;
+    ConnectionState state = ConnectionState::kDisconnected;
+    uint64_t connection = 0;  // the current connection's id; 0 when there is none
+    std::shared_ptr<ClientChannel> channel{};  // while connecting or connected
+    std::optional<uint32_t> ping{};          // the handshake or ping awaiting its answer
+    size_t inFlight = 0;
+    uint32_t failures = 0;
+      std::unordered_set<uint32_t> retired{};  // ids of expired calls sent on this connection
+    std::deque<uint32_t> retiredOrder{};
+  };
+
+  struct Pending {
+    RawOutcome done;
+    Address to;
+    std::optional<RequestMessage> request;  // kept while it may be sent again
+    Deadline deadline;
+    std::optional<Duration> monitor;
+    bool idempotent = false;
+    uint64_t sequence = 0;    // call order
+    int server = -1;          // where it was sent; -1 while it waits for a main server
+    uint64_t connection = 0;  // the connection it was sent on
+    std::multimap<Deadline, uint32_t>::iterator expiry{};
+  };
+
+  // What a locked section decided to do once the lock is released.
+  struct Effects {
+    std::vector<std::pair<RawOutcome, Result<Value>>> outcomes;
+  };
+
+  enum class StartReason { kWanted, kRetryTimer };
+
+  void finish(Effects& fx);
+  void deliverEvents();
+  void emitLocked(NetworkEvent::Kind kind, const std::string& server, std::string detail);
+  TimerId scheduleLocked(Deadline at, std::function<void(Effects&)> task);
+
+  uint32_t allocateIdLocked();
+  void startConnectionLocked(int s, StartReason reason, Effects& fx);
+  void sendPingLocked(int s, Effects& fx);
+  void connectedLocked(int s, Effects& fx);
+  void connectionDownLocked(int s, const std::string& why, bool dismiss, Effects& fx);
+  void reap(int s, uint64_t connection, std::shared_ptr<ClientChannel> channel);
+  void chooseMainLocked(Effects& fx);
+  int selectLocked();
+  void sendLocked(uint32_t id, Pending& call, int s, Effects& fx);
+  void dispatchWaitingLocked(Effects& fx);
+  void failLocked(uint32_t id, Status why, Effects& fx);
+  void retireLocked(Server& server, uint32_t id);
+  void armExpiryLocked();
+  void expireLocked(Effects& fx);
+  Deadline expiryOf(const Pending& call) const;
+  Duration backoffLocked(const Server& server);
+  bool isWantedLocked(int s) const;
+  int serverOf(uint64_t connection) const;
+
+  void onReply(uint64_t connection, std::string bytes);
+  void onLink(uint64_t connection, LinkEvent event, std::string_view detail);
+  void onPingAnswerLocked(int s, bool handshake, const ResponseMessage& answer, Effects& fx);
+
+  const bool direct_;
+  std::unique_ptr<Connector> ownedConnector_;  // direct mode
+  Connector& connector_;
+  const Network::Options options_;
+  std::unique_ptr<ThreadTimerQueue> ownedTimers_;
+  TimerQueue* const timers_;
+  const DecodeLimits limits_;
+
+  mutable std::mutex mutex_;
+  bool stopped_ = false;                 // guarded by mutex_
+  bool released_ = false;                // guarded by mutex_: stop() freed everything
+  std::vector<Server> servers_;          // guarded by mutex_
+  int main_ = -1;                        // guarded by mutex_
+  int wanted_ = 0;                       // guarded by mutex_
+  bool mainFailed_ = false;              // guarded by mutex_: the next main is a failover
+  size_t roundRobin_ = 0;                // guarded by mutex_
+  uint64_t nextConnection_ = 1;          // guarded by mutex_
+  uint64_t nextSequence_ = 0;            // guarded by mutex_
+  uint32_t nextId_ = 0;                  // guarded by mutex_: the message-id authority
+  std::unordered_map<uint32_t, Pending> pending_;  // guarded by mutex_
+  std::unordered_map<uint32_t, int> pings_;        // guarded by mutex_: ping id -> server
+  std::deque<uint32_t> waiting_;                   // guarded by mutex_: calls in call order
+  std::multimap<Deadline, uint32_t> deadlines_;    // guarded by mutex_
+  Deadline expiryArmedAt_ = kNoDeadline;           // guarded by mutex_
+  uint64_t nextTimerKey_ = 1;                      // guarded by mutex_
+  std::unordered_map<uint64_t, TimerId> timerIds_;  // guarded by mutex_: scheduled, not run
+  std::vector<std::shared_ptr<ClientChannel>> unreleased_;  // guarded by mutex_
+  std::vector<std::shared_ptr<EventSlot>> slots_;  // guarded by mutex_
+  std::deque<NetworkEvent> events_;                // guarded by mutex_
+  bool delivering_ = false;                        // guarded by mutex_
+  std::mt19937_64 random_;                         // guarded by mutex_
+
+  std::atomic<uint64_t> calls_{0}, replayed_{0}, failovers_{0}, timeouts_{0}, peerLost_{0},
+      heartbeats_{0}, lateReplies_{0}, badReplies_{0}, dismissals_{0}, connectAttempts_{0},
+      pingsSent_{0};
+};
+
+}  // namespace switchboard::detail
