@@ -719,8 +719,9 @@ void NetworkCore::onReply(uint64_t connection, std::string bytes) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     const int s = serverOf(connection);
-    if (s < 0 || stopped_) {
-      lateReplies_.fetch_add(1, std::memory_order_relaxed);
+    if (s < 0 || stopped_ || (servers_[s].state != ConnectionState::kConnecting &&
+                              servers_[s].state != ConnectionState::kConnected)) {
+      lateReplies_.fetch_add(1, std::memory_order_relaxed);  // from a connection that ended
       return;
     }
     Server& server = servers_[s];
