@@ -97,8 +97,9 @@ class CountingTransport final : public Transport {
     return std::unique_ptr<Listener>(
         std::make_unique<Counted>(std::move(listener).value(), open_));
   }
-  Result<std::unique_ptr<ClientChannel>> openChannel(ReplyCallback onReply) override {
-    return inner_.openChannel(std::move(onReply));
+  Result<std::unique_ptr<ClientChannel>> openChannel(ReplyCallback onReply,
+                                                     LinkCallback onLink) override {
+    return inner_.openChannel(std::move(onReply), std::move(onLink));
   }
 
   int made() const { return made_.load(); }

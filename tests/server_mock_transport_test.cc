@@ -495,10 +495,11 @@ struct MockedClient {
     auto owned = std::make_unique<StrictMock<MockClientChannel>>();
     channel = owned.get();
     auto handed = std::make_shared<std::unique_ptr<ClientChannel>>(std::move(owned));
-    EXPECT_CALL(transport, openChannel(_)).WillOnce([this, handed](ReplyCallback onReply) {
-      deliver = std::move(onReply);
-      return Result<std::unique_ptr<ClientChannel>>(std::move(*handed));
-    });
+    EXPECT_CALL(transport, openChannel(_, _))
+        .WillOnce([this, handed](ReplyCallback onReply, LinkCallback) {
+          deliver = std::move(onReply);
+          return Result<std::unique_ptr<ClientChannel>>(std::move(*handed));
+        });
   }
   RpcClient create() {
     Target t;

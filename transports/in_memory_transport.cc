@@ -405,7 +405,8 @@ Result<std::unique_ptr<Listener>> InMemoryTransport::listen(const Address& addre
   return std::unique_ptr<Listener>(std::make_unique<detail::InMemoryListener>(broker_, address));
 }
 
-Result<std::unique_ptr<ClientChannel>> InMemoryTransport::openChannel(ReplyCallback onReply) {
+Result<std::unique_ptr<ClientChannel>> InMemoryTransport::openChannel(ReplyCallback onReply,
+                                                                      LinkCallback /*onLink*/) {
   std::shared_ptr<detail::InMemoryChannelState> state = broker_->openChannel(std::move(onReply));
   return std::unique_ptr<ClientChannel>(
       std::make_unique<detail::InMemoryChannel>(broker_, std::move(state)));

@@ -65,7 +65,10 @@ class InMemoryTransport final : public Transport {
   Result<std::unique_ptr<Listener>> listen(const Address& address) override;
   // Never fails. An empty `onReply` makes a send-only channel: its replies are dropped. The
   // callback must not destroy its own channel (that would wait for itself for ever).
-  Result<std::unique_ptr<ClientChannel>> openChannel(ReplyCallback onReply) override;
+  // There are no links in memory: `onLink` is never called.
+  Result<std::unique_ptr<ClientChannel>> openChannel(ReplyCallback onReply,
+                                                     LinkCallback onLink) override;
+  using Transport::openChannel;
 
   Stats stats() const;
 

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstring>
 #include <deque>
 #include <mutex>
 #include <thread>
@@ -245,24 +246,42 @@ class ZmqListener final : public Listener {
   std::shared_ptr<ZmqListenerCore> core_;
 };
 
-// A DEALER connected to the transport's URL and the I/O thread that owns it.
+// The socket monitor events a channel turns into link events.
+constexpr int kLinkMonitorEvents =
+    ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_CONNECT_RETRIED |
+    ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+    ZMQ_EVENT_HANDSHAKE_FAILED_AUTH;
+
+// A fresh inproc endpoint for a socket monitor. Names are never reused in the process: a closed
+// monitor releases its name only later, on ZeroMQ's reaper thread.
+std::string uniqueMonitorEndpoint() {
+  static std::atomic<uint64_t> next{0};
+  return "inproc://switchboard-link-monitor-" +
+         std::to_string(next.fetch_add(1, std::memory_order_relaxed));
+}
+
+// A DEALER connected to the transport's URL and the I/O thread that owns it; with an `onLink`
+// callback also a PAIR socket that receives the DEALER's monitor events.
 class ZmqChannel final : public ClientChannel {
  public:
-  ZmqChannel(std::shared_ptr<ZmqShared> shared, ReplyCallback onReply)
+  ZmqChannel(std::shared_ptr<ZmqShared> shared, ReplyCallback onReply, LinkCallback onLink)
       : shared_(std::move(shared)),
         onReply_(std::move(onReply)),
+        onLink_(std::move(onLink)),
         dealer_(shared_->context_, zmq::socket_type::dealer) {}
 
   Status connect() {
     try {
       applySocketOptions(dealer_, shared_->options_);
       dealer_.set(zmq::sockopt::immediate, 1);
+      if (onLink_) startMonitor();  // before connect, so that no event is missed
       dealer_.connect(shared_->url_);
     } catch (const zmq::error_t& e) {
+      closeSockets();
       return Status(StatusCode::kTransportError,
                     "cannot connect to " + shared_->url_ + ": " + e.what());
     }
-    io_ = std::thread([this] { ioLoop(); });  // the thread owns dealer_ from here on
+    io_ = std::thread([this] { ioLoop(); });  // the thread owns the sockets from here on
     return Status::ok();
   }
 
@@ -317,18 +336,100 @@ class ZmqChannel final : public ClientChannel {
           pending.pop_front();
         }
         for (const Outgoing& o : pending) next = std::min(next, o.deadline);
-        zmq_pollitem_t items[2] = {
-            {dealer_.handle(), 0, static_cast<short>(ZMQ_POLLIN | (pending.empty() ? 0 : ZMQ_POLLOUT)), 0},
-            {nullptr, waker_.fd(), ZMQ_POLLIN, 0}};
-        zmq::poll(items, 2, std::chrono::milliseconds(pollTimeoutMs(next)));
+        zmq_pollitem_t items[3] = {
+            {dealer_.handle(), 0,
+             static_cast<short>(ZMQ_POLLIN | (pending.empty() ? 0 : ZMQ_POLLOUT)), 0},
+            {nullptr, waker_.fd(), ZMQ_POLLIN, 0},
+            {monitor_.handle(), 0, ZMQ_POLLIN, 0}};
+        zmq::poll(items, monitor_ ? 3 : 2, std::chrono::milliseconds(pollTimeoutMs(next)));
         if (items[1].revents != 0) waker_.drain();
         if ((items[0].revents & ZMQ_POLLIN) != 0) receiveAll();
+        if (monitor_ && (items[2].revents & ZMQ_POLLIN) != 0) receiveLinkEvents();
       } catch (const zmq::error_t& e) {
         if (e.num() == ETERM) break;
         if (e.num() != EINTR) shared_->options_.log(LogLevel::kError, "zmq", e.what());
       }
     }
+    closeSockets();
+  }
+
+  // Has the dealer report its events to a new monitor_ socket. Throws zmq::error_t.
+  void startMonitor() {
+    const std::string endpoint = uniqueMonitorEndpoint();
+    if (zmq_socket_monitor(dealer_.handle(), endpoint.c_str(), kLinkMonitorEvents) != 0) {
+      throw zmq::error_t();
+    }
+    monitor_ = zmq::socket_t(shared_->context_, zmq::socket_type::pair);
+    monitor_.set(zmq::sockopt::linger, 0);
+    monitor_.connect(endpoint);
+  }
+
+  // Stops and closes the monitor first, then the dealer. Idempotent.
+  void closeSockets() {
+    if (monitor_) {
+      (void)zmq_socket_monitor(dealer_.handle(), nullptr, 0);
+      monitor_.close();
+    }
     dealer_.close();
+  }
+
+  // Turns the monitor events queued now into link events. A monitor message is two frames: the
+  // event (uint16) and its value (uint32) packed in 6 bytes, then the peer's endpoint.
+  void receiveLinkEvents() {
+    for (;;) {
+      zmq::message_t head;
+      if (!monitor_.recv(head, zmq::recv_flags::dontwait)) return;
+      if (!head.more()) continue;  // not a monitor message; cannot happen
+      zmq::message_t endpointFrame;
+      (void)monitor_.recv(endpointFrame);  // parts of one message arrive together
+      while (endpointFrame.more()) (void)monitor_.recv(endpointFrame);
+      if (head.size() < 6) continue;
+      uint16_t event = 0;
+      uint32_t value = 0;
+      std::memcpy(&event, head.data(), sizeof event);
+      std::memcpy(&value, static_cast<const char*>(head.data()) + sizeof event, sizeof value);
+      std::string endpoint = endpointFrame.to_string();
+      if (endpoint.empty()) endpoint = shared_->url_;
+      onMonitorEvent(event, value, endpoint);
+    }
+  }
+
+  void onMonitorEvent(uint16_t event, uint32_t value, const std::string& endpoint) {
+    switch (event) {
+      case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
+        linkUp_ = true;
+        onLink_(LinkEvent::kUp, "connected to " + endpoint);
+        return;
+      case ZMQ_EVENT_DISCONNECTED:
+        // Also follows a failed handshake, which was reported as kRefused already.
+        if (!linkUp_) return;
+        linkUp_ = false;
+        onLink_(LinkEvent::kDown, "lost the link to " + endpoint);
+        return;
+      case ZMQ_EVENT_CONNECT_RETRIED:
+        if (linkUp_) return;
+        onLink_(LinkEvent::kRefused, "cannot connect to " + endpoint + " (retrying in " +
+                                         std::to_string(value) + " ms)");
+        return;
+      case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        if (linkUp_) return;
+        onLink_(LinkEvent::kRefused, "handshake with " + endpoint +
+                                         " failed: " + std::strerror(static_cast<int>(value)));
+        return;
+      case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        if (linkUp_) return;
+        onLink_(LinkEvent::kRefused,
+                "handshake with " + endpoint + " failed: protocol error " + std::to_string(value));
+        return;
+      case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
+        if (linkUp_) return;
+        onLink_(LinkEvent::kRefused, "handshake with " + endpoint +
+                                         " failed: authentication refused (ZAP status " +
+                                         std::to_string(value) + ")");
+        return;
+      default:
+        return;
+    }
   }
 
   // Hands what is still unsent to the socket, waiting for room no longer than the linger
@@ -362,7 +463,10 @@ class ZmqChannel final : public ClientChannel {
 
   std::shared_ptr<ZmqShared> shared_;
   const ReplyCallback onReply_;
-  zmq::socket_t dealer_;  // the I/O thread's once connect() started it
+  const LinkCallback onLink_;
+  zmq::socket_t dealer_;   // the I/O thread's once connect() started it
+  zmq::socket_t monitor_;  // likewise; empty without onLink_
+  bool linkUp_ = false;    // I/O thread only: the last link event was kUp
   Waker waker_;
   std::mutex mutex_;
   bool stopping_ = false;        // guarded by mutex_
@@ -407,9 +511,11 @@ Result<std::unique_ptr<Listener>> ZmqTransport::listen(const Address&) {
   }
 }
 
-Result<std::unique_ptr<ClientChannel>> ZmqTransport::openChannel(ReplyCallback onReply) {
+Result<std::unique_ptr<ClientChannel>> ZmqTransport::openChannel(ReplyCallback onReply,
+                                                                 LinkCallback onLink) {
   try {
-    auto channel = std::make_unique<detail::ZmqChannel>(shared_, std::move(onReply));
+    auto channel =
+        std::make_unique<detail::ZmqChannel>(shared_, std::move(onReply), std::move(onLink));
     if (Status s = channel->connect(); !s) return s;
     return std::unique_ptr<ClientChannel>(std::move(channel));
   } catch (const std::system_error& e) {

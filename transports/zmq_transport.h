@@ -38,6 +38,13 @@ class ZmqContext final {
 // Socket rules: ROUTER_MANDATORY, non-blocking sends, bounded LINGER, MAXMSGSIZE, ZMTP
 // heartbeats; clients use IMMEDIATE and keep unsent requests until their deadline. A server
 // accepts a REQ peer's empty delimiter frame and mirrors it in the reply.
+// Link events (a channel opened with an `onLink` callback; tcp:// and ipc:// only, inproc://
+// reports nothing), from ZeroMQ's socket monitor, on the channel's I/O thread:
+//  - kUp when the ZMTP handshake with the listener succeeds;
+//  - kDown when an up link is lost (listener closed, connection reset, heartbeat timeout);
+//  - kRefused, while no link is up, for every failed attempt: a connect that failed (repeated at
+//    every retry, ZMQ_RECONNECT_IVL apart) or a failed handshake.
+// ZeroMQ keeps reconnecting after kDown and kRefused; a later kUp says it got through.
 // Thread-safe; must outlive its listeners and channels.
 class ZmqTransport final : public Transport {
  public:
@@ -66,7 +73,12 @@ class ZmqTransport final : public Transport {
   ~ZmqTransport() override;
 
   Result<std::unique_ptr<Listener>> listen(const Address& address) override;
-  Result<std::unique_ptr<ClientChannel>> openChannel(ReplyCallback onReply) override;
+  // kTransportError when the channel cannot be set up (a URL ZeroMQ rejects, no descriptors
+  // left); an absent listener is not a failure but kRefused link events. Without `onLink` no
+  // socket monitor is made.
+  Result<std::unique_ptr<ClientChannel>> openChannel(ReplyCallback onReply,
+                                                     LinkCallback onLink) override;
+  using Transport::openChannel;
 
   const std::string& url() const;
   // The endpoint the last listen() bound, with the real port for tcp port 0 or *.

@@ -19,11 +19,14 @@ namespace switchboard::testing {
 // expected call an action, e.g.
 //   EXPECT_CALL(transport, listen(_)).WillOnce([&](const Address&) {
 //     return Result<std::unique_ptr<Listener>>(std::move(listener)); });
+// Expect openChannel with both arguments, openChannel(_, _): the one-argument overload calls it
+// with an empty LinkCallback.
 class MockTransport : public Transport {
  public:
   MOCK_METHOD(Result<std::unique_ptr<Listener>>, listen, (const Address& address), (override));
-  MOCK_METHOD(Result<std::unique_ptr<ClientChannel>>, openChannel, (ReplyCallback onReply),
-              (override));
+  MOCK_METHOD(Result<std::unique_ptr<ClientChannel>>, openChannel,
+              (ReplyCallback onReply, LinkCallback onLink), (override));
+  using Transport::openChannel;
 };
 
 // By default poll() returns ok at once with nothing appended; a test that runs a receive loop
