@@ -431,7 +431,7 @@ void NetworkCore::connectionDownLocked(int s, const std::string& why, bool dismi
       reap(s, connection, std::move(channel));
     }));
   } else {
-    reap(s, connection, nullptr);
+    closedLocked(s, connection, fx);
   }
 
   if (s == main_) {
@@ -449,27 +449,31 @@ void NetworkCore::reap(int s, uint64_t connection, std::shared_ptr<ClientChannel
   Effects fx;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    Server& server = servers_[s];
-    if (stopped_ || server.connection != connection || server.state != ConnectionState::kClosing) {
-      return;
-    }
-    server.connection = 0;
-    if (!isWantedLocked(s)) {
-      server.state = ConnectionState::kDisconnected;
-      return;
-    }
-    server.state = ConnectionState::kBackingOff;
-    const Duration delay = backoffLocked(server);
-    scheduleLocked(now() + delay, [this, s](Effects& fx2) {
-      if (servers_[s].state != ConnectionState::kBackingOff) return;
-      if (isWantedLocked(s)) {
-        startConnectionLocked(s, StartReason::kRetryTimer, fx2);
-      } else {
-        servers_[s].state = ConnectionState::kDisconnected;
-      }
-    });
+    closedLocked(s, connection, fx);
   }
   finish(fx);
+}
+
+// A connection is closed: its server backs off, or rests when it is not wanted.
+void NetworkCore::closedLocked(int s, uint64_t connection, Effects&) {
+  Server& server = servers_[s];
+  if (stopped_ || server.connection != connection || server.state != ConnectionState::kClosing) {
+    return;
+  }
+  server.connection = 0;
+  if (!isWantedLocked(s)) {
+    server.state = ConnectionState::kDisconnected;
+    return;
+  }
+  server.state = ConnectionState::kBackingOff;
+  scheduleLocked(now() + backoffLocked(server), [this, s](Effects& fx) {
+    if (servers_[s].state != ConnectionState::kBackingOff) return;
+    if (isWantedLocked(s)) {
+      startConnectionLocked(s, StartReason::kRetryTimer, fx);
+    } else {
+      servers_[s].state = ConnectionState::kDisconnected;
+    }
+  });
 }
 
 Duration NetworkCore::backoffLocked(const Server& server) {
@@ -520,13 +524,15 @@ Status NetworkCore::switchTo(const std::string& url) {
     const int s = static_cast<int>(it - servers_.begin());
     if (s == main_) return Status::ok();
     wanted_ = s;
-    if (main_ >= 0) {
-      main_ = -1;
-      emitLocked(NetworkEvent::Kind::kMainChanged, {}, "switching to " + url);
-    }
+    const bool hadMain = main_ >= 0;
+    main_ = -1;
     startConnectionLocked(s, StartReason::kWanted, fx);
     chooseMainLocked(fx);
-    if (main_ >= 0) dispatchWaitingLocked(fx);
+    if (main_ >= 0) {
+      dispatchWaitingLocked(fx);
+    } else if (hadMain) {
+      emitLocked(NetworkEvent::Kind::kMainChanged, {}, "waiting for " + url + " to connect");
+    }
   }
   finish(fx);
   return Status::ok();

@@ -39,15 +39,15 @@ class RpcClient {
     // The deadline of a call that names none. Never infinite.
     Duration timeout = std::chrono::seconds(60);
     // The highest version this client may request; calls above it fail kUnsupportedVersion.
-    std::optional<Version> versionCap;
+    std::optional<Version> versionCap{};
     // The call monitor (oslo's call_monitor_timeout): when set, the server sends
     // call-in-progress heartbeats every half of it, and a call fails kPeerLost once no
     // heartbeat or reply came for this long, however far its timeout is. Unset: no monitor.
-    std::optional<Duration> callMonitorTimeout;
+    std::optional<Duration> callMonitorTimeout{};
     // Safe to run twice: after a server fails with the call unanswered, the network re-sends it
     // to another server instead of failing it kPeerLost. (Only with several servers.)
     bool idempotent = false;
-    Context context;                         // sent with every call and cast
+    Context context{};                       // sent with every call and cast
     const Serializer* serializer = nullptr;  // borrowed; null means pass-through
     LogSink log = stderrLogSink();
   };

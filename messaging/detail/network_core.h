@@ -120,6 +120,7 @@ class NetworkCore {
   void connectedLocked(int s, Effects& fx);
   void connectionDownLocked(int s, const std::string& why, bool dismiss, Effects& fx);
   void reap(int s, uint64_t connection, std::shared_ptr<ClientChannel> channel);
+  void closedLocked(int s, uint64_t connection, Effects& fx);
   void chooseMainLocked(Effects& fx);
   int selectLocked();
   void sendLocked(uint32_t id, Pending& call, int s, Effects& fx);
