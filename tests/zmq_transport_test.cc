@@ -1,11 +1,13 @@
 // ZeroMQ transport end to end: RpcClient -> DEALER -> ROUTER -> server, over tcp loopback, ipc
-// and inproc, for every executor; plus raw-socket peers (REQ, DEALER) and malformed frames.
+// and inproc, for every executor; raw peers (REQ, DEALER), malformed frames, link events.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <future>
 #include <latch>
+#include <mutex>
+#include <string_view>
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
@@ -13,6 +15,7 @@
 #include "messaging/rpc_client.h"
 #include "messaging/server.h"
 #include "tests/support/executor_kinds.h"
+#include "tests/support/test_util.h"
 #include "transports/transport_factory.h"
 
 namespace switchboard {
@@ -227,6 +230,128 @@ TEST_F(RawPeerTest, MalformedMessagesAreAnsweredOrDroppedAndServingGoesOn) {
   server_->stop();
   ASSERT_TRUE(server_->wait(deadlineAfter(kWait)).isOk());
   EXPECT_GE(server_->stats().dropped + transport_->stats().malformedDropped, 3u);
+}
+
+// ----- Link events ------------------------------------------------------------------------------
+
+// Records the link events of one channel (they come on its I/O thread). Must outlive the channel.
+class LinkLog {
+ public:
+  LinkCallback callback() {
+    return [this](LinkEvent event, std::string_view detail) {
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        lines_ += std::string(name(event)) + ": " + std::string(detail) + "\n";
+      }
+      of(event).add();
+    };
+  }
+  // The events of one kind so far: count() and waitFor(n, bound).
+  testing::Events& of(LinkEvent event) { return kinds_[static_cast<int>(event)]; }
+  // Every event as "kind: detail" lines, for failure messages and substring checks.
+  std::string dump() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return lines_;
+  }
+
+ private:
+  static std::string_view name(LinkEvent event) {
+    switch (event) {
+      case LinkEvent::kUp:
+        return "up";
+      case LinkEvent::kDown:
+        return "down";
+      case LinkEvent::kRefused:
+        return "refused";
+    }
+    return "?";
+  }
+  testing::Events kinds_[3];  // indexed by LinkEvent
+  std::mutex mutex_;
+  std::string lines_;  // guarded by mutex_
+};
+
+// A listener and a channel on separate ZmqTransports of one context, over tcp loopback.
+class ZmqLinkEventTest : public ::testing::Test {
+ protected:
+  // Starts a listener on a fresh loopback port; returns its endpoint.
+  std::string listen() {
+    server_ = std::make_unique<ZmqTransport>(context_, "tcp://127.0.0.1:*");
+    Result<std::unique_ptr<Listener>> listener = server_->listen(address("s"));
+    EXPECT_TRUE(listener.isOk()) << listener.status();
+    listener_ = std::move(listener).value();
+    return server_->boundEndpoint();
+  }
+  // Topic "t", server `server`.
+  static Address address(std::string server) {
+    Address a;
+    a.topic = "t";
+    a.server = std::move(server);
+    return a;
+  }
+  // A channel to `url` whose link events go to links_.
+  std::unique_ptr<ClientChannel> channel(const std::string& url, ReplyCallback onReply = {}) {
+    client_ = std::make_unique<ZmqTransport>(context_, url);
+    Result<std::unique_ptr<ClientChannel>> channel =
+        client_->openChannel(std::move(onReply), links_.callback());
+    EXPECT_TRUE(channel.isOk()) << channel.status();
+    return std::move(channel).value();
+  }
+
+  ZmqContext context_;
+  std::unique_ptr<ZmqTransport> server_;
+  std::unique_ptr<ZmqTransport> client_;
+  std::unique_ptr<Listener> listener_;
+  LinkLog links_;
+};
+
+TEST_F(ZmqLinkEventTest, ChannelToABoundListenerReportsUp) {
+  const std::string url = listen();
+  std::promise<std::string> replied;
+  std::future<std::string> reply = replied.get_future();
+  std::unique_ptr<ClientChannel> channel =
+      this->channel(url, [&replied](std::string bytes) { replied.set_value(std::move(bytes)); });
+  ASSERT_TRUE(links_.of(LinkEvent::kUp).waitFor(1, kWait)) << links_.dump();
+  EXPECT_NE(links_.dump().find("up: connected to " + url), std::string::npos) << links_.dump();
+  EXPECT_EQ(links_.of(LinkEvent::kRefused).count(), 0) << links_.dump();
+  EXPECT_EQ(links_.of(LinkEvent::kDown).count(), 0) << links_.dump();
+  // Requests and replies flow as before beside the monitor.
+  ASSERT_OK(channel->send(address(""), "ping", deadlineAfter(kWait)));
+  std::vector<IncomingPtr> in;
+  ASSERT_OK(listener_->poll(deadlineAfter(kWait), 1, in));
+  ASSERT_EQ(in.size(), 1u);
+  EXPECT_EQ(in[0]->body(), "ping");
+  ASSERT_OK(in[0]->reply("pong"));
+  ASSERT_TRUE(testing::readyWithin(reply, kWait));
+  EXPECT_EQ(reply.get(), "pong");
+}
+
+TEST_F(ZmqLinkEventTest, ClosingTheListenerReportsDown) {
+  const std::string url = listen();
+  std::unique_ptr<ClientChannel> channel = this->channel(url);
+  ASSERT_TRUE(links_.of(LinkEvent::kUp).waitFor(1, kWait)) << links_.dump();
+  listener_.reset();  // closes the ROUTER and with it the connection
+  ASSERT_TRUE(links_.of(LinkEvent::kDown).waitFor(1, kWait)) << links_.dump();
+  EXPECT_NE(links_.dump().find("down: lost the link to " + url), std::string::npos)
+      << links_.dump();
+  EXPECT_EQ(links_.of(LinkEvent::kUp).count(), 1) << links_.dump();
+}
+
+TEST_F(ZmqLinkEventTest, NobodyListeningReportsRefusedAtEveryAttempt) {
+  std::string url;
+  {
+    zmq::context_t context;
+    zmq::socket_t router(context, zmq::socket_type::router);
+    router.set(zmq::sockopt::linger, 0);
+    router.bind("tcp://127.0.0.1:*");
+    url = router.get(zmq::sockopt::last_endpoint);
+  }  // terminating the context waits until the port is closed
+  std::unique_ptr<ClientChannel> channel = this->channel(url);
+  ASSERT_TRUE(links_.of(LinkEvent::kRefused).waitFor(2, kWait)) << links_.dump();
+  EXPECT_NE(links_.dump().find("refused: cannot connect to " + url), std::string::npos)
+      << links_.dump();
+  EXPECT_EQ(links_.of(LinkEvent::kUp).count(), 0) << links_.dump();
+  EXPECT_EQ(links_.of(LinkEvent::kDown).count(), 0) << links_.dump();
 }
 
 }  // namespace
