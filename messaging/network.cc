@@ -70,6 +70,7 @@ class CallbackScope {
  public:
   explicit CallbackScope(const NetworkCore* core) : saved_(tlsRunningFor) { tlsRunningFor = core; }
   ~CallbackScope() { tlsRunningFor = saved_; }
+  void enter(const NetworkCore* core) { tlsRunningFor = core; }
   CallbackScope(const CallbackScope&) = delete;
   CallbackScope& operator=(const CallbackScope&) = delete;
 
@@ -133,6 +134,11 @@ Status NetworkCore::start() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     for (const std::string& url : options_.servers) servers_.push_back(Server{.url = url});
+    if (options_.onEvent) {
+      auto slot = std::make_shared<EventSlot>();
+      slot->onEvent = options_.onEvent;
+      slots_.push_back(std::move(slot));
+    }
     if (!options_.preferred.empty()) {
       auto it = std::find(options_.servers.begin(), options_.servers.end(), options_.preferred);
       if (it == options_.servers.end()) {
@@ -290,14 +296,28 @@ void NetworkCore::startConnectionLocked(int s, StartReason reason, Effects& fx) 
   server.retiredOrder.clear();
   connectAttempts_.fetch_add(1, std::memory_order_relaxed);
   emitLocked(NetworkEvent::Kind::kConnecting, server.url, {});
+  // The channel may outlive this core (see stop()): its callbacks hold it only weakly, and the
+  // callback that drops the last handle runs inside a CallbackScope.
+  std::weak_ptr<NetworkCore> weak = weak_from_this();
   LinkCallback linkCallback;
   if (!direct_) {
-    linkCallback = [this, connection](LinkEvent event, std::string_view detail) {
-      onLink(connection, event, detail);
+    linkCallback = [weak, connection](LinkEvent event, std::string_view detail) {
+      CallbackScope scope(nullptr);
+      if (std::shared_ptr<NetworkCore> self = weak.lock()) {
+        scope.enter(self.get());
+        self->onLink(connection, event, detail);
+      }
     };
   }
   Result<std::unique_ptr<ClientChannel>> channel = connector_.open(
-      server.url, [this, connection](std::string bytes) { onReply(connection, std::move(bytes)); },
+      server.url,
+      [weak, connection](std::string bytes) {
+        CallbackScope scope(nullptr);
+        if (std::shared_ptr<NetworkCore> self = weak.lock()) {
+          scope.enter(self.get());
+          self->onReply(connection, std::move(bytes));
+        }
+      },
       std::move(linkCallback));
   if (!channel) {
     connectionDownLocked(s, "cannot open a channel: " + channel.status().message(), false, fx);
@@ -410,7 +430,8 @@ void NetworkCore::connectionDownLocked(int s, const std::string& why, bool dismi
     call.connection = 0;
     const uint32_t fresh = allocateIdLocked();
     node.key() = fresh;
-    call.expiry->second = fresh;
+    deadlines_.erase(call.expiry);  // waiting, it has no call monitor running: its deadline
+    call.expiry = deadlines_.emplace(expiryOf(call), fresh);
     pending_.insert(std::move(node));
     waiting_.push_front(fresh);
   }
@@ -719,7 +740,6 @@ void NetworkCore::expireLocked(Effects& fx) {
 // ----- what the channels report
 
 void NetworkCore::onReply(uint64_t connection, std::string bytes) {
-  CallbackScope scope(this);
   DecodedMessage decoded = decodeMessage(bytes, limits_);
   Effects fx;
   {
@@ -817,7 +837,6 @@ void NetworkCore::onPingAnswerLocked(int s, bool handshake, const ResponseMessag
 
 void NetworkCore::onLink(uint64_t connection, LinkEvent event, std::string_view detail) {
   if (event == LinkEvent::kUp) return;  // connected means answered the handshake
-  CallbackScope scope(this);
   Effects fx;
   {
     std::lock_guard<std::mutex> lock(mutex_);

@@ -121,6 +121,9 @@ class Network {
     // Ids of expired calls remembered per connection, so that their late replies are told apart
     // from protocol violations; the oldest are forgotten beyond this.
     size_t retiredIdsPerConnection = 4096;
+    // Receives every event from the first (subscribe() can only follow create()); released by
+    // stop(). Same rules as subscribe()'s callbacks.
+    std::function<void(const NetworkEvent&)> onEvent{};
     // Where every timeout runs; borrowed, must outlive the network. Null: a thread of its own.
     TimerQueue* timers = nullptr;
     LogSink log = stderrLogSink();
@@ -165,9 +168,13 @@ class Network {
 
   // Events arrive in order, one at a time, on a network thread (or the thread of the call that
   // caused them), never under a network lock; the callback may query and switch, not stop().
+  // Events before the subscription are not replayed: status() tells the state so far (or see
+  // Options::onEvent).
   Subscription subscribe(std::function<void(const NetworkEvent&)> onEvent) const;
 
-  // Makes `server` the wanted main server. If it is connected it becomes main now; otherwise
+  // Makes `server` the wanted main server. (The main server otherwise stays main until it fails:
+  // a preferred server that comes back does not take over by itself, so calls do not flap.)
+  // If it is connected it becomes main now; otherwise
   // there is no main until it connects (calls wait), and it is connected if it is not already
   // (a server backing off is tried when its back-off ends). Switching to the current main does
   // nothing. kInvalidTarget for an unknown server.

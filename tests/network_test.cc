@@ -128,14 +128,21 @@ TEST_F(NetworkTest, PreferredServerSlowerThanOthersStillBecomesMainAndNothingGoe
 
 // Scenario 2.
 TEST_F(NetworkTest, PreferredServerRefusingIsRetriedOnlyAfterItsBackoff) {
-  start(optionsFor({A, B}));
-  // Events from before subscribe() returned are in status(): both were connecting.
-  EXPECT_EQ(stateOf(A), ConnectionState::kConnecting);
+  Network::Options options = optionsFor({A, B});
+  std::vector<std::string> fromTheStart;
+  options.onEvent = [&](const NetworkEvent& e) {
+    fromTheStart.push_back(std::string(networkEventKindName(e.kind)) + " " + e.server);
+  };
+  start(options);
   servers_.link(A, LinkEvent::kRefused);
   servers_.answerHealth(B);
   EXPECT_EQ(network_->status().main, B);
+  EXPECT_EQ(fromTheStart, (std::vector<std::string>{"connecting " + A, "connecting " + B,
+                                                    "disconnected " + A, "connected " + B,
+                                                    "main " + B}));
   EXPECT_EQ(events_, (std::vector<std::string>{"disconnected " + A, "connected " + B,
-                                               "main " + B}));
+                                               "main " + B}))
+      << "a subscription sees the events after it";
   EXPECT_EQ(stateOf(A), ConnectionState::kClosing);
   timers_.runDue();  // the closed channel is released, the back-off starts
   EXPECT_EQ(stateOf(A), ConnectionState::kBackingOff);

@@ -7,13 +7,13 @@
 
 #include <array>
 #include <cstdio>
-#include <fstream>
 #include <string>
 #include <vector>
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
 #include "messaging/detail/wire.h"
+#include "tests/support/server_process.h"
 
 namespace switchboard {
 namespace {
@@ -23,82 +23,8 @@ using detail::encodeMessage;
 using detail::RequestMessage;
 using detail::ResponseMessage;
 
-std::string envOr(const char* name, const std::string& fallback) {
-  const char* v = std::getenv(name);
-  return v ? std::string(v) : fallback;
-}
-
-// A switchboard-server child on a free tcp port; SIGTERM and reaped on destruction.
-class ServerProcess {
- public:
-  explicit ServerProcess(const std::string& executor) {
-    int out[2];
-    EXPECT_EQ(::pipe(out), 0);
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      ::dup2(out[1], STDOUT_FILENO);
-      ::close(out[0]);
-      ::close(out[1]);
-      const std::string server = envOr("SWITCHBOARD_SERVER", "switchboard-server");
-      ::execl(server.c_str(), server.c_str(), "--listen", "tcp://127.0.0.1:0", "--executor",
-              executor.c_str(), static_cast<char*>(nullptr));
-      ::_exit(127);
-    }
-    ::close(out[1]);
-    stdout_ = ::fdopen(out[0], "r");
-    // The first line is "listening on URL"; fgets returns at once if the child dies (EOF).
-    std::array<char, 512> line{};
-    if (std::fgets(line.data(), line.size(), stdout_) != nullptr) {
-      const std::string text(line.data());
-      const std::string prefix = "listening on ";
-      if (text.rfind(prefix, 0) == 0) url_ = text.substr(prefix.size(), text.size() - prefix.size() - 1);
-    }
-  }
-  ~ServerProcess() {
-    if (pid_ > 0 && !reaped_) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    if (stdout_) std::fclose(stdout_);
-  }
-  const std::string& url() const { return url_; }
-  pid_t pid() const { return pid_; }
-
-  // SIGTERM, then the exit status (bounded: SIGKILL after 10 s).
-  int terminate() {
-    ::kill(pid_, SIGTERM);
-    for (int i = 0; i < 1000; ++i) {
-      int status = 0;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        reaped_ = true;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      }
-      ::usleep(10000);  // polling a child's exit: there is no waker to wait on
-    }
-    return -1;
-  }
-
-  // Resident memory in KiB, from /proc.
-  long rssKiB() const {
-    std::ifstream status("/proc/" + std::to_string(pid_) + "/status");
-    std::string key;
-    long value = 0;
-    while (status >> key) {
-      if (key == "VmRSS:") {
-        status >> value;
-        return value;
-      }
-      status.ignore(1 << 12, '\n');
-    }
-    return -1;
-  }
-
- private:
-  pid_t pid_ = -1;
-  FILE* stdout_ = nullptr;
-  std::string url_;
-  bool reaped_ = false;
-};
+using testing::envOr;
+using testing::ServerProcess;
 
 struct CommandResult {
   int exitCode = -1;
@@ -174,7 +100,7 @@ TEST_P(ToolsProcessTest, SigtermDrainsCallsInFlight) {
   dealer.send(zmq::buffer(encodeMessage(RequestMessage{2, "echo", {1}, {}})));
   zmq::message_t reply;
   ASSERT_TRUE(dealer.recv(reply).has_value());
-  ::kill(server.pid(), SIGTERM);
+  server.kill(SIGTERM);
   ASSERT_TRUE(dealer.recv(reply).has_value()) << "the in-flight sleep was not answered";
   auto decoded = decodeMessage(reply.to_string_view());
   ASSERT_TRUE(decoded.isOk());

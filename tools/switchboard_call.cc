@@ -1,13 +1,19 @@
-// switchboard-call: the CLI client. Calls (or casts) METHOD with JSON arguments and prints the
-// result as JSON; errors go to stderr as JSON with an exit code per kind (see --help).
+// switchboard-call: the CLI client. Calls (or casts) METHOD with JSON arguments, once or --repeat
+// times, over one server or a network of several; results go to stdout as JSON, errors to stderr.
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <iostream>
+#include <map>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
-#include <CLI/CLI.hpp>
-
+#include "messaging/network.h"
 #include "messaging/rpc_client.h"
 #include "tools/json.h"
 #include "transports/transport_factory.h"
@@ -41,19 +47,68 @@ int exitCodeFor(const Status& s) {
   }
 }
 
-int report(const Status& s) {
+// Whole lines to stdout and stderr. Thread-safe: network events arrive on a network thread while
+// the main thread reports outcomes, and no line may be cut by another.
+class LineWriter {
+ public:
+  void out(const std::string& line) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::cout << line << std::endl;
+  }
+  void err(const std::string& line) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::cerr << line << std::endl;
+  }
+
+ private:
+  std::mutex mutex_;
+};
+
+// Prints `s` as {"error":{...}} on stderr; returns its exit code.
+int report(LineWriter& writer, const Status& s) {
   Map error{{"code", std::string(statusCodeName(s.code()))}, {"message", s.message()}};
   if (!s.remoteType().empty()) error.emplace_back("type", s.remoteType());
-  std::cerr << Value(Map{{"error", Value(std::move(error))}}).toJson() << std::endl;
+  writer.err(Value(Map{{"error", Value(std::move(error))}}).toJson());
   return exitCodeFor(s);
 }
+
+std::string_view levelName(LogLevel level) {
+  switch (level) {
+    case LogLevel::kDebug:
+      return "debug";
+    case LogLevel::kInfo:
+      return "info";
+    case LogLevel::kWarning:
+      return "warning";
+    case LogLevel::kError:
+      return "error";
+  }
+  return "unknown";
+}
+
+// The network's and the transports' log as {"log":{...}} lines on stderr: errors always, warnings
+// with `verbose` (the network's own are left out: its events say the same).
+LogSink jsonLogSink(LineWriter& writer, bool verbose) {
+  return [&writer, verbose](LogLevel level, std::string_view component, std::string_view message) {
+    if (level < LogLevel::kWarning) return;
+    if (level == LogLevel::kWarning && (!verbose || component == "network")) return;
+    writer.err(Value(Map{{"log", Value(Map{{"level", std::string(levelName(level))},
+                                           {"component", std::string(component)},
+                                           {"message", std::string(message)}})}})
+                   .toJson());
+  };
+}
+
+std::chrono::milliseconds millis(int64_t ms) { return std::chrono::milliseconds(ms); }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app(
-      "switchboard-call: call a Switchboard server.\n"
-      "Exit codes: 0 ok, 2 usage, 3 timeout, 4 error returned by the server, 5 connection.");
+      "switchboard-call: call a Switchboard server, or a network of several.\n"
+      "Prints one line per call: the result as JSON on stdout, or the error as JSON on stderr.\n"
+      "Exit codes (of the last failed call, 0 when all succeeded): 0 ok, 2 usage, 3 timeout,\n"
+      "4 error returned by the server, 5 connection.");
   std::vector<std::string> connect;
   int64_t timeoutMs = 5000;
   bool cast = false;
@@ -61,13 +116,66 @@ int main(int argc, char** argv) {
   std::string server;
   std::string method;
   std::vector<std::string> args;
-  app.add_option("--connect", connect, "server URL, repeatable (default tcp://127.0.0.1:5555)")
+  int64_t repeat = 1;
+  int64_t intervalMs = 0;
+  bool idempotent = false;
+  bool events = false;
+  const Network::Options networkDefaults;
+  std::string preferred;
+  bool noAutoConnect = false;
+  const std::map<std::string, SelectionPolicy> policies = {
+      {"sticky", SelectionPolicy::kStickyPrimary},
+      {"round-robin", SelectionPolicy::kRoundRobin},
+      {"least-in-flight", SelectionPolicy::kLeastInFlight}};
+  std::string policy = "sticky";
+  auto msOf = [](Duration d) {
+    return static_cast<int64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(d).count());
+  };
+  int64_t pingIntervalMs = msOf(networkDefaults.pingInterval);
+  int64_t pingTimeoutMs = msOf(networkDefaults.pingTimeout);
+  int64_t connectTimeoutMs = msOf(networkDefaults.connectTimeout);
+  const CLI::Range positiveMs(int64_t{1}, int64_t{86400000});
+
+  app.add_option("--connect", connect,
+                 "server URL, repeatable (default tcp://127.0.0.1:5555); several make a network "
+                 "with failover")
       ->allow_extra_args(false);
-  app.add_option("--timeout", timeoutMs, "call deadline in ms")->check(CLI::Range(int64_t{1}, int64_t{86400000}))
+  app.add_option("--timeout", timeoutMs, "deadline of each call in ms")
+      ->check(positiveMs)
       ->capture_default_str();
-  app.add_flag("--cast", cast, "send without waiting for a reply");
+  app.add_flag("--cast", cast,
+               "send without waiting for a reply (several --connect: once a main server is "
+               "chosen, waiting for one at most --timeout)");
   app.add_option("--topic", topic, "target topic")->capture_default_str();
   app.add_option("--server", server, "target server name (memory:// transports)");
+  app.add_option("--repeat", repeat, "make the call N times, one output line each")
+      ->check(CLI::Range(int64_t{1}, int64_t{1000000000}))
+      ->capture_default_str();
+  app.add_option("--interval-ms", intervalMs, "pause between calls in ms")
+      ->check(CLI::Range(int64_t{0}, int64_t{86400000}))
+      ->capture_default_str();
+  app.add_flag("--idempotent", idempotent,
+               "the call is safe to run twice: re-sent to another server when one fails with it "
+               "unanswered (several --connect)");
+  app.add_option("--preferred", preferred,
+                 "the wanted main server, one of the --connect URLs (default: the first)");
+  app.add_flag("--no-auto-connect", noAutoConnect,
+               "connect only the preferred server; no failover to the others");
+  app.add_option("--policy", policy, "how calls are spread: sticky, round-robin, least-in-flight")
+      ->check(CLI::IsMember({"sticky", "round-robin", "least-in-flight"}))
+      ->capture_default_str();
+  app.add_option("--ping-interval-ms", pingIntervalMs, "between pings of each server")
+      ->check(positiveMs)
+      ->capture_default_str();
+  app.add_option("--ping-timeout-ms", pingTimeoutMs, "how long a ping may stay unanswered")
+      ->check(positiveMs)
+      ->capture_default_str();
+  app.add_option("--connect-timeout-ms", connectTimeoutMs, "for each server's handshake")
+      ->check(positiveMs)
+      ->capture_default_str();
+  app.add_flag("--events", events,
+               "print the network's status events (several --connect) and the transports' "
+               "warnings to stderr as JSON lines");
   app.add_option("method", method, "method to call")->required();
   app.add_option("args", args, "arguments, each a JSON value");
   try {
@@ -76,36 +184,105 @@ int main(int argc, char** argv) {
     const int code = app.exit(e);
     return code == 0 ? 0 : kExitUsage;
   }
+  LineWriter writer;
   if (connect.empty()) connect.push_back("tcp://127.0.0.1:5555");
-  if (connect.size() > 1) {
-    return report(Status(StatusCode::kInvalidTarget,
-                         "several --connect URLs need the multi-server client network, which this "
-                         "build does not have yet"));
-  }
 
   Array params;
   for (const std::string& arg : args) {
     Result<Value> v = tools::parseJson(arg);
-    if (!v) return report(Status(StatusCode::kInvalidTarget, "argument '" + arg + "': " + v.status().message()));
+    if (!v) {
+      return report(writer, Status(StatusCode::kInvalidTarget,
+                                   "argument '" + arg + "': " + v.status().message()));
+    }
     params.push_back(std::move(v).value());
   }
 
-  TransportFactory factory;
-  Result<std::unique_ptr<Transport>> transport = factory.makeTransport(connect.front());
-  if (!transport) return report(transport.status());
   Target target;
   target.topic = topic;
   target.server = server;
   RpcClient::Options options;
-  options.timeout = std::chrono::milliseconds(timeoutMs);
-  Result<RpcClient> client = RpcClient::create(**transport, target, options);
-  if (!client) return report(client.status());
-  if (cast) {
-    Status sent = client->castValue(method, std::move(params));
-    return sent ? kExitOk : report(sent);
+  options.timeout = millis(timeoutMs);
+  options.idempotent = idempotent;
+
+  // Declared in the order they must outlive each other: the factory its transports, the
+  // connector the network, the event callback's subscription the writer it prints with.
+  TransportFactory factory;
+  std::unique_ptr<Transport> transport;           // one --connect: direct
+  std::unique_ptr<TransportConnector> connector;  // several: a network
+  std::optional<Network> network;
+  Network::Subscription subscription;
+  std::optional<RpcClient> client;
+  ZmqTransport::Options zmqOptions;
+  zmqOptions.log = jsonLogSink(writer, events);
+  if (connect.size() == 1) {
+    Result<std::unique_ptr<Transport>> made = factory.makeTransport(connect.front(), zmqOptions);
+    if (!made) return report(writer, made.status());
+    transport = std::move(made).value();
+    Result<RpcClient> created = RpcClient::create(*transport, target, options);
+    if (!created) return report(writer, created.status());
+    client.emplace(std::move(created).value());
+  } else {
+    connector = std::make_unique<TransportConnector>(factory, zmqOptions);
+    Network::Options networkOptions;
+    networkOptions.servers = connect;
+    networkOptions.preferred = preferred;
+    networkOptions.autoConnect = !noAutoConnect;
+    networkOptions.policy = policies.at(policy);
+    networkOptions.topic = topic;
+    networkOptions.connectTimeout = millis(connectTimeoutMs);
+    networkOptions.pingInterval = millis(pingIntervalMs);
+    networkOptions.pingTimeout = millis(pingTimeoutMs);
+    networkOptions.log = jsonLogSink(writer, events);
+    Result<Network> made = Network::create(*connector, std::move(networkOptions));
+    if (!made) return report(writer, made.status());
+    network.emplace(std::move(made).value());
+    if (events) {
+      subscription = network->subscribe([&writer](const NetworkEvent& event) {
+        writer.err(
+            Value(Map{{"event", Value(Map{{"kind", std::string(networkEventKindName(event.kind))},
+                                          {"server", event.server},
+                                          {"detail", event.detail}})}})
+                .toJson());
+      });
+    }
+    // Calls made before a main server exists wait for one, within their deadline.
+    Result<RpcClient> created = RpcClient::create(*network, target, options);
+    if (!created) return report(writer, created.status());
+    client.emplace(std::move(created).value());
   }
-  Result<Value> result = client->callValue(method, std::move(params));
-  if (!result) return report(result.status());
-  std::cout << result->toJson() << std::endl;
-  return kExitOk;
+
+  if (cast && network) {
+    // A cast is not kept waiting for a main server as calls are: wait here, within the timeout.
+    std::mutex mutex;
+    std::condition_variable haveMain;  // the waker: a kMainChanged event naming a server
+    bool found = false;                // guarded by mutex
+    Network::Subscription mainWatch = network->subscribe([&](const NetworkEvent& event) {
+      if (event.kind != NetworkEvent::Kind::kMainChanged || event.server.empty()) return;
+      std::lock_guard<std::mutex> lock(mutex);
+      found = true;
+      haveMain.notify_all();
+    });
+    std::unique_lock<std::mutex> lock(mutex);
+    if (network->status().main.empty()) {
+      haveMain.wait_for(lock, millis(timeoutMs), [&] { return found; });
+    }
+  }
+
+  int exitCode = kExitOk;
+  for (int64_t i = 0; i < repeat; ++i) {
+    if (i > 0 && intervalMs > 0) std::this_thread::sleep_for(millis(intervalMs));  // pacing
+    if (cast) {
+      if (Status sent = client->castValue(method, params); !sent) exitCode = report(writer, sent);
+      continue;
+    }
+    Result<Value> result = client->callValue(method, params);
+    if (result) {
+      writer.out(result->toJson());
+    } else {
+      exitCode = report(writer, result.status());
+    }
+  }
+  // The events of the shutdown are not the calls' business.
+  subscription.release();
+  return exitCode;
 }

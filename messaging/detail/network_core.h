@@ -49,9 +49,9 @@ struct EventSlot {
 void releaseSlot(EventSlot& slot);
 void deliverTo(EventSlot& slot, const NetworkEvent& event);
 
-class NetworkCore {
+class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
  public:
-  // A network over `connector`'s servers.
+  // Made with std::make_shared (channels hold it weakly). A network over `connector`'s servers.
   NetworkCore(Connector& connector, Network::Options options);
   // Direct mode: one channel of `transport`.
   NetworkCore(Transport& transport, LogSink log);
