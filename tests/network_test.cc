@@ -434,6 +434,32 @@ TEST_F(NetworkTest, StopReachesConnectionsInEveryStateAndLeavesNothingBehind) {
   network_->stop();  // idempotent
 }
 
+TEST_F(NetworkTest, AHandshakeAnsweredAfterItsAttemptTimedOutIsDiscarded) {
+  start(optionsFor({A}));
+  const RequestMessage handshake = servers_.unansweredHealth(A).at(0);
+  timers_.advance(5s);  // the connect timeout
+  ASSERT_NE(stateOf(A), ConnectionState::kConnecting);
+  servers_.reply(A, ResponseMessage{handshake.msgid, Status::ok(), Value("serving")}, 1);
+  EXPECT_NE(stateOf(A), ConnectionState::kConnected);
+  EXPECT_EQ(network_->stats().lateReplies, 1u);
+  EXPECT_EQ(network_->stats().dismissals, 0u);
+}
+
+TEST_F(NetworkTest, StopFromAnEventCallbackStopsAtOnceAndReleasesOnTheNextStop) {
+  start(optionsFor({A, B}));
+  Network::Subscription stopper = network_->subscribe([this](const NetworkEvent& e) {
+    if (e.kind == NetworkEvent::Kind::kConnected) network_->stop();
+  });
+  servers_.answerHealth(A);
+  const size_t after = call("after");
+  ASSERT_TRUE(outcomes_[after].has_value());
+  EXPECT_CODE(outcomes_[after]->status(), StatusCode::kShuttingDown);
+  EXPECT_EQ(servers_.liveChannels(), 2) << "released outside the callback";
+  network_->stop();
+  EXPECT_EQ(servers_.liveChannels(), 0);
+  EXPECT_EQ(timers_.scheduled(), 0u);
+}
+
 // Scenario 15's consumer: counts its live instances.
 struct Consumer {
   static inline std::atomic<int> alive{0};
