@@ -2,7 +2,6 @@
 // (SIGSTOP): the CLI keeps answering through a kill (and the failover time is measured), pings
 // find a frozen main, a non-idempotent call fails fast, and nothing is left behind.
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -34,16 +33,6 @@ using testing::ServerProcess;
 
 int64_t msOf(Duration d) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
-}
-
-// Entries of a /proc/self directory: threads (task) or descriptors (fd).
-size_t countEntries(const char* dir) {
-  size_t n = 0;
-  if (DIR* d = ::opendir(dir)) {
-    while (::readdir(d) != nullptr) ++n;
-    ::closedir(d);
-  }
-  return n;
 }
 
 // A loopback tcp URL nobody listens on: a port the kernel just handed out and took back.
@@ -256,8 +245,8 @@ TEST_F(NetworkProcessTest, StopLeavesNoThreadOrDescriptorBehind) {
   // and only the context's termination waits for that. Threads are compared while the factory
   // lives too, once its context has started its own (I/O and reaper) threads: that shows
   // stop() itself joins the network's threads (timer, a channel I/O thread per connection).
-  const size_t threadsAtStart = countEntries("/proc/self/task");
-  const size_t fdsAtStart = countEntries("/proc/self/fd");
+  const size_t threadsAtStart = testing::countEntries("/proc/self/task");
+  const size_t fdsAtStart = testing::countEntries("/proc/self/fd");
   {
     auto factory = std::make_unique<TransportFactory>();
     {
@@ -266,7 +255,7 @@ TEST_F(NetworkProcessTest, StopLeavesNoThreadOrDescriptorBehind) {
       ASSERT_OK(warm.status());
       ASSERT_OK((*warm)->openChannel([](std::string) {}).status());
     }
-    const size_t threadsWithContext = countEntries("/proc/self/task");
+    const size_t threadsWithContext = testing::countEntries("/proc/self/task");
     {
       TransportConnector connector(*factory);
       Network::Options o = options(200ms, 300ms);
@@ -277,19 +266,19 @@ TEST_F(NetworkProcessTest, StopLeavesNoThreadOrDescriptorBehind) {
       std::optional<RpcClient> client(
           RpcClient::create(*network, target(), {.timeout = 5s}).value());
       for (int i = 0; i < 20; ++i) EXPECT_OK(client->call<int>("add", i, i).status()) << i;
-      EXPECT_GT(countEntries("/proc/self/task"), threadsWithContext) << "nothing was counted";
+      EXPECT_GT(testing::countEntries("/proc/self/task"), threadsWithContext) << "nothing was counted";
       network->stop();
-      EXPECT_EQ(countEntries("/proc/self/task"), threadsWithContext) << "after stop()";
+      EXPECT_EQ(testing::countEntries("/proc/self/task"), threadsWithContext) << "after stop()";
       EXPECT_CODE(client->call<int>("add", 1, 1).status(), StatusCode::kShuttingDown);
       client.reset();
       network.reset();
-      EXPECT_EQ(countEntries("/proc/self/task"), threadsWithContext) << "after the handles";
+      EXPECT_EQ(testing::countEntries("/proc/self/task"), threadsWithContext) << "after the handles";
     }
-    EXPECT_EQ(countEntries("/proc/self/task"), threadsWithContext) << "after the connector";
+    EXPECT_EQ(testing::countEntries("/proc/self/task"), threadsWithContext) << "after the connector";
     factory.reset();  // terminates the context: waits until every socket is closed
   }
-  EXPECT_EQ(countEntries("/proc/self/task"), threadsAtStart) << "after the factory";
-  EXPECT_EQ(countEntries("/proc/self/fd"), fdsAtStart) << "after the factory";
+  EXPECT_EQ(testing::countEntries("/proc/self/task"), threadsAtStart) << "after the factory";
+  EXPECT_EQ(testing::countEntries("/proc/self/fd"), fdsAtStart) << "after the factory";
 }
 
 // --repeat prints one line per call, on stdout or stderr, and exits with the last failure's code.

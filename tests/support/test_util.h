@@ -2,6 +2,7 @@
 // ASSERT_OK), bounded waits on futures (readyWithin), Gate, Events and LogCapture. Header-only.
 #pragma once
 
+#include <dirent.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -47,6 +48,16 @@
 #define ASSERT_OK(expr) SWITCHBOARD_TEST_OK_(expr, FAIL)
 
 namespace switchboard::testing {
+
+// Entries of a /proc/self directory: threads ("/proc/self/task") or descriptors ("/proc/self/fd").
+inline size_t countEntries(const char* dir) {
+  size_t n = 0;
+  if (DIR* d = ::opendir(dir)) {
+    while (::readdir(d) != nullptr) ++n;
+    ::closedir(d);
+  }
+  return n;
+}
 
 // The default bound of the waits below: they are expected to succeed, and reach the bound only
 // when the code under test hangs. A suite with a bound of its own passes it explicitly.
