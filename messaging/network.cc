@@ -206,22 +206,28 @@ void deliverTo(EventSlot& slot, const NetworkEvent& event) {
   // A slot released meanwhile: `onEvent` is destroyed here.
 }
 
-// One thread at a time delivers, in order; the others leave their events to it.
+// One thread at a time delivers, in order; the others leave their events to it. A callback may
+// drop the last handle to the network: it is kept alive until the delivery is over, and then
+// released inside the CallbackScope (see stop()).
 void NetworkCore::deliverEvents() {
   std::unique_lock<std::mutex> lock(mutex_);
-  if (delivering_) return;
+  if (delivering_ || events_.empty()) return;
   delivering_ = true;
+  lock.unlock();
+  CallbackScope scope(this);
+  const std::shared_ptr<NetworkCore> keep = weak_from_this().lock();  // null while destroyed
+  lock.lock();
   while (!events_.empty()) {
     NetworkEvent event = std::move(events_.front());
     events_.pop_front();
     std::vector<std::shared_ptr<EventSlot>> slots = slots_;
     lock.unlock();
-    CallbackScope scope(this);
     for (const auto& slot : slots) deliverTo(*slot, event);
     slots.clear();
     lock.lock();
   }
   delivering_ = false;
+  lock.unlock();  // before `keep` goes
 }
 
 void NetworkCore::addSubscription(std::shared_ptr<EventSlot> slot) {

@@ -460,6 +460,30 @@ TEST_F(NetworkTest, StopFromAnEventCallbackStopsAtOnceAndReleasesOnTheNextStop) 
   EXPECT_EQ(timers_.scheduled(), 0u);
 }
 
+TEST(NetworkLifetimeTest, AnEventCallbackHoldingTheLastHandleMayReleaseItself) {
+  ManualTimerQueue timers;
+  FakeServers servers;
+  LogCapture log;
+  Network::Options options;
+  options.servers = {A};
+  options.timers = &timers;
+  options.log = log.sink();
+  Network::Subscription self;
+  int seen = 0;
+  {
+    Network network = Network::create(servers, options).value();
+    self = network.subscribe([network, &self, &seen](const NetworkEvent&) {
+      ++seen;
+      self.release();  // and with it the last handle, once this callback returns
+    });
+  }
+  servers.answerHealth(A);
+  EXPECT_EQ(seen, 1);
+  timers.runDue();  // the release handed to the timer queue
+  EXPECT_EQ(servers.liveChannels(), 0);
+  EXPECT_EQ(timers.scheduled(), 0u);
+}
+
 // Scenario 15's consumer: counts its live instances.
 struct Consumer {
   static inline std::atomic<int> alive{0};
