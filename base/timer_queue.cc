@@ -25,8 +25,8 @@ struct ThreadTimerQueue::State {
         continue;
       }
       auto first = tasks.begin();
-      if (Clock::now() < first->first.first) {
-        wake.wait_until(lock, first->first.first);
+      if (const Deadline due = first->first.first; Clock::now() < due) {
+        wake.wait_until(lock, due);  // a copy: cancel() may free the task's node meanwhile
         continue;
       }
       std::function<void()> task = std::move(first->second);
