@@ -2,6 +2,7 @@
 // This is the leaf vocabulary header: it includes nothing of the project.
 #pragma once
 
+#include <cstddef>
 #include <exception>
 #include <memory>
 #include <ostream>
@@ -33,6 +34,8 @@ enum class StatusCode {
   kWouldDeadlock,       // a blocking call made from a thread it would wait for
   kTransportError,      // the transport failed (bind, connect, send)
 };
+// How many codes there are (one past the last).
+inline constexpr size_t kStatusCodeCount = static_cast<size_t>(StatusCode::kTransportError) + 1;
 
 // The stable name of a code, e.g. "Timeout"; "Unknown" for a value outside the enum.
 std::string_view statusCodeName(StatusCode code);

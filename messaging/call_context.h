@@ -1,5 +1,5 @@
-// CallContext: what a handler knows about the call it serves (context, method, peer, deadline,
-// cancellation) and DeferredReply, with which a handler answers later.
+// CallContext: what a handler knows about the call it serves (context, method, peer, identity,
+// deadline, cancellation) and DeferredReply, with which a handler answers later.
 #pragma once
 
 #include <atomic>
@@ -70,10 +70,11 @@ class CallContext {
  public:
   CallContext(Context context, std::string_view method, std::string_view peer, Deadline deadline,
               std::shared_ptr<const std::atomic<bool>> cancelled, Executor* executor,
-              std::shared_ptr<detail::ReplySink> reply)
+              std::shared_ptr<detail::ReplySink> reply, std::string_view identity = {})
       : context_(std::move(context)),
         method_(method),
         peer_(peer),
+        identity_(identity),
         deadline_(deadline),
         cancelled_(std::move(cancelled)),
         executor_(executor),
@@ -84,6 +85,9 @@ class CallContext {
   std::string_view method() const { return method_; }
   // The transport's name for the sender.
   std::string_view peer() const { return peer_; }
+  // The sender as the transport authenticated it (ZeroMQ CURVE: the client's Z85 public key);
+  // empty when the transport authenticated no one.
+  std::string_view identity() const { return identity_; }
   // When the caller stops waiting (kNoDeadline when it did not say).
   Deadline deadline() const { return deadline_; }
   // True once the caller cancelled the call or its deadline passed; handlers poll it to stop
@@ -107,6 +111,7 @@ class CallContext {
   Context context_;
   std::string_view method_;
   std::string_view peer_;
+  std::string_view identity_;
   Deadline deadline_;
   std::shared_ptr<const std::atomic<bool>> cancelled_;
   Executor* executor_;

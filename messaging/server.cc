@@ -2,6 +2,8 @@
 // the one-reply-per-call rule, cancellation, and the lifecycle hooks.
 #include "messaging/server.h"
 
+#include <array>
+
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -15,6 +17,54 @@ namespace detail {
 
 class CallReply;
 
+// One method's counters: outcomes by status code, and answer latency.
+struct MethodCounters {
+  std::array<std::atomic<uint64_t>, kStatusCodeCount> outcomes{};
+  LatencyHistogram latency;
+};
+
+// The counters of every method the dispatcher knows (and the built-ins), made once: looked up
+// without a lock, and a caller cannot grow it with made-up names (they share "(unknown)").
+class MethodTable {
+ public:
+  explicit MethodTable(const RpcDispatcher& dispatcher) {
+    add("_health");
+    add("_introspect");
+    add(kUnknown);
+    const Value groups = dispatcher.introspect();
+    for (const Value& group : groups.asArray()) {
+      const Value* methods = group.find("methods");
+      if (!methods || !methods->isArray()) continue;
+      for (const Value& method : methods->asArray()) {
+        if (const Value* name = method.find("name"); name && name->isString()) add(name->asString());
+      }
+    }
+  }
+  MethodCounters& of(std::string_view method) {
+    auto it = table_.find(method);
+    return it != table_.end() ? *it->second : *table_.find(kUnknown)->second;
+  }
+  void snapshot(std::map<std::string, MessageHandlingServer::MethodStats>& out) const {
+    for (const auto& [name, counters] : table_) {
+      MessageHandlingServer::MethodStats stats;
+      for (size_t code = 0; code < kStatusCodeCount; ++code) {
+        if (uint64_t n = counters->outcomes[code].load(std::memory_order_relaxed); n != 0) {
+          stats.outcomes.emplace(statusCodeName(static_cast<StatusCode>(code)), n);
+        }
+      }
+      stats.latency = counters->latency.snapshot();
+      if (stats.latency.count != 0 || !stats.outcomes.empty()) out.emplace(name, std::move(stats));
+    }
+  }
+
+ private:
+  static constexpr std::string_view kUnknown = "(unknown)";
+  void add(std::string_view name) {
+    table_.try_emplace(std::string(name), std::make_unique<MethodCounters>());
+  }
+  std::map<std::string, std::unique_ptr<MethodCounters>, std::less<>> table_;
+};
+
 // Everything the server shares with its tasks; a TaskSource over the transport listener.
 class ServerCore final : public TaskSource {
  public:
@@ -25,7 +75,8 @@ class ServerCore final : public TaskSource {
         dispatcher_(std::move(dispatcher)),
         executor_(std::move(executor)),
         options_(std::move(options)),
-        serializer_(options_.serializer ? options_.serializer : &noOpSerializer_) {}
+        serializer_(options_.serializer ? options_.serializer : &noOpSerializer_),
+        methods_(dispatcher_) {}
 
   Status listen();
   void releaseListener();
@@ -59,6 +110,7 @@ class ServerCore final : public TaskSource {
   const NoOpSerializer noOpSerializer_;
   const Serializer* const serializer_;
   const DecodeLimits limits_;
+  MethodTable methods_;
 
   // Set by listen() before the executor starts; released after it finished. Used by the
   // executor's receiving thread in between.
@@ -73,18 +125,20 @@ class ServerCore final : public TaskSource {
   std::mutex epochMutex_;              // orders the start and stop hooks
   uint64_t epoch_ = 0;                 // guarded by epochMutex_: successful starts
   std::atomic<uint64_t> received_{0}, replied_{0}, failed_{0}, rejected_{0}, dropped_{0},
-      cancelled_{0};
+      cancelled_{0}, inFlight_{0};
 };
 
 // The one answer of one request. The first send() wins; later ones are ignored.
 class CallReply final : public ReplySink {
  public:
   CallReply(ServerCore& core, IncomingPtr message, uint32_t msgid, std::string key,
-            WorkGuard work)
+            MethodCounters& counters, Deadline received, WorkGuard work)
       : core_(core),
         message_(std::move(message)),
         msgid_(msgid),
         key_(std::move(key)),
+        counters_(counters),
+        received_(received),
         work_(std::move(work)) {}
 
   void send(Result<Value> outcome) override {
@@ -105,6 +159,8 @@ class CallReply final : public ReplySink {
   const IncomingPtr message_;
   const uint32_t msgid_;
   const std::string key_;
+  MethodCounters& counters_;
+  const Deadline received_;  // when the request was taken off the transport
   Context context_;  // for serializeEntity of the result
 
  private:
@@ -152,7 +208,7 @@ class RequestTask final : public Task {
       return;
     }
     CallContext ctx(reply_->context_, request_.method, reply_->message_->peer(), deadline_,
-                    cancelled_, core.executor_.get(), reply_);
+                    cancelled_, core.executor_.get(), reply_, reply_->message_->identity());
     Result<Value> outcome =
         core.dispatcher_.dispatch(ctx, request_.ext.ns, version, request_.method, request_.params);
     if (!ctx.deferred()) reply_->send(std::move(outcome));
@@ -210,7 +266,7 @@ class CastTask final : public Task {
       Context context;
       core_.deserializeArguments(cast_.ext.context, context, cast_.params);
       CallContext ctx(std::move(context), cast_.method, message_->peer(), kNoDeadline, nullptr,
-                      core_.executor_.get(), outcome_);
+                      core_.executor_.get(), outcome_, message_->identity());
       Result<Value> outcome =
           core_.dispatcher_.dispatch(ctx, cast_.ext.ns, version, cast_.method, cast_.params);
       if (!ctx.deferred()) outcome_->send(std::move(outcome));
@@ -277,7 +333,9 @@ Status ServerCore::poll(Deadline deadline, std::vector<TaskPtr>& out) {
             request.ext.budgetMs ? now + std::chrono::milliseconds(*request.ext.budgetMs)
                                  : kNoDeadline;
         const uint32_t msgid = request.msgid;
+        inFlight_.fetch_add(1, std::memory_order_relaxed);
         auto reply = std::make_shared<CallReply>(*this, std::move(message), msgid, std::move(key),
+                                                 methods_.of(request.method), now,
                                                  executor_->acquireWork());
         if (request.ext.callMonitorMs) {
           scheduleHeartbeat(reply, std::chrono::milliseconds(*request.ext.callMonitorMs));
@@ -324,6 +382,10 @@ void ServerCore::finishCall(CallReply& call, Result<Value> outcome) {
     }
   }
   if (!response.error.isOk()) failed_.fetch_add(1, std::memory_order_relaxed);
+  call.counters_.outcomes[static_cast<size_t>(response.error.code())].fetch_add(
+      1, std::memory_order_relaxed);
+  call.counters_.latency.record(Clock::now() - call.received_);
+  inFlight_.fetch_sub(1, std::memory_order_relaxed);
   std::string bytes;
   encodeMessage(response, bytes);
   if (Status sent = call.message_->reply(std::move(bytes)); sent) {
@@ -425,6 +487,8 @@ MessageHandlingServer::Stats MessageHandlingServer::stats() const {
   s.rejected = core_->rejected_.load();
   s.dropped = core_->dropped_.load();
   s.cancelled = core_->cancelled_.load();
+  s.inFlight = core_->inFlight_.load();
+  core_->methods_.snapshot(s.methods);
   return s;
 }
 

@@ -4,9 +4,11 @@
 
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <memory>
 
 #include "base/deadline.h"
+#include "base/histogram.h"
 #include "base/log.h"
 #include "base/status.h"
 #include "executors/executor.h"
@@ -43,6 +45,12 @@ class MessageHandlingServer final {
     Duration hangWarningAfter = std::chrono::seconds(10);
   };
 
+  // One method's calls since construction, answered ones only.
+  struct MethodStats {
+    std::map<std::string, uint64_t> outcomes;  // by statusCodeName ("Ok", "Timeout", ...)
+    HistogramSnapshot latency;  // from taking the request off the transport to sending the answer
+  };
+
   // Counters since construction.
   struct Stats {
     uint64_t received = 0;       // messages taken from the transport
@@ -51,6 +59,9 @@ class MessageHandlingServer final {
     uint64_t rejected = 0;       // calls refused by the executor (overload, shutdown)
     uint64_t dropped = 0;        // messages that could not be answered (malformed, failed casts)
     uint64_t cancelled = 0;      // cancel messages that found their call
+    uint64_t inFlight = 0;       // calls taken and not answered yet
+    // By method name; names the dispatcher does not know share one entry, "(unknown)".
+    std::map<std::string, MethodStats> methods;
   };
 
   // `transport` must outlive the server. The executor is owned.

@@ -93,6 +93,9 @@ void appendDouble(double d, std::string& out) {
   if (text.find_first_of(".e") == std::string_view::npos) out += ".0";
 }
 
+// The most bytes of a non-string map key's JSON text that toJson() shows.
+constexpr size_t kMaxKeyText = 256;
+
 void appendJson(const Value& value, std::string& out) {
   switch (value.type()) {
     case Value::Type::kNil:
@@ -138,7 +141,14 @@ void appendJson(const Value& value, std::string& out) {
         if (key.isString()) {
           appendJsonString(key.asString(), out);
         } else {
-          appendJsonString(key.toJson(), out);
+          // Cut, so that keys nested in keys (each level escaping the one inside) cannot make
+          // the text grow exponentially with the nesting.
+          std::string text = key.toJson();
+          if (text.size() > kMaxKeyText) {
+            text.resize(kMaxKeyText);
+            text += "...";
+          }
+          appendJsonString(text, out);
         }
         out += ':';
         appendJson(item, out);
@@ -187,7 +197,7 @@ std::string_view Value::typeName(Type type) {
 // Compact JSON without spaces: nil as null; doubles as in appendDouble (NaN and infinities
 // are the only non-JSON output); strings escaped as in appendJsonString; binaries as a JSON
 // string of their padded base64; map keys that are not strings as the JSON string of their
-// own toJson(), so {1: 2} renders as {"1":2}.
+// own toJson() (cut at 256 bytes, with "..."), so {1: 2} renders as {"1":2}.
 std::string Value::toJson() const {
   std::string out;
   appendJson(*this, out);

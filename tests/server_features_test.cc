@@ -156,3 +156,67 @@ TEST(ServerFeaturesTest, BuiltInsReportHealthAndIntrospection) {
 
 }  // namespace
 }  // namespace switchboard
+
+namespace switchboard {
+namespace {
+
+TEST(ServerFeaturesTest, StatsCountEachMethodsOutcomesAndLatency) {
+  InMemoryTransport transport;
+  HeldMethod held;
+  Endpoint ep;
+  ep.method("add", [](int64_t a, int64_t b) { return a + b; });
+  held.addTo(ep);
+  MessageHandlingServer server(transport, Target{.topic = "t", .server = "s"},
+                               RpcDispatcher({ep}), testing::ThreadPoolKind::make());
+  ASSERT_TRUE(server.start().isOk());
+  RpcClient client =
+      RpcClient::create(transport, Target{.topic = "t"}, {.timeout = kWait}).value();
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(client.call<int64_t>("add", i, 1).value(), i + 1);
+  EXPECT_CODE(client.callValue("add", {"x", 1}).status(), StatusCode::kBadArguments);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_CODE(client.callValue("made-up-" + std::to_string(i), {}).status(),
+                StatusCode::kNoSuchMethod);
+  }
+  auto blocked = client.callAsync("block", {});
+  held.entered.wait();
+  EXPECT_EQ(server.stats().inFlight, 1u);
+  held.release.open();
+  EXPECT_EQ(blocked.get().value(), Value(1));
+
+  const MessageHandlingServer::Stats stats = server.stats();
+  EXPECT_EQ(stats.inFlight, 0u);
+  const auto& add = stats.methods.at("add");
+  EXPECT_EQ(add.outcomes.at("Ok"), 3u);
+  EXPECT_EQ(add.outcomes.at("BadArguments"), 1u);
+  EXPECT_EQ(add.latency.count, 4u);
+  EXPECT_GT(add.latency.percentile(1.0).count(), 0);
+  EXPECT_EQ(stats.methods.at("(unknown)").outcomes.at("NoSuchMethod"), 2u)
+      << "names a caller makes up share one entry";
+  EXPECT_EQ(stats.methods.count("made-up-0"), 0u);
+  EXPECT_EQ(stats.methods.at("block").latency.count, 1u);
+  server.stop();
+  ASSERT_TRUE(server.wait(deadlineAfter(kWait)).isOk());
+}
+
+TEST(LatencyHistogramTest, BucketsBoundTheirSamplesAndPercentilesFollow) {
+  for (uint64_t us : {0ull, 1ull, 4ull, 5ull, 8ull, 9ull, 1000ull, 123456ull, 1ull << 33}) {
+    const size_t b = LatencyHistogram::bucketOf(us);
+    EXPECT_GE(HistogramSnapshot::upperMicros(b), us) << us;
+    if (b > 0 && us > 4) {
+      EXPECT_LT(HistogramSnapshot::upperMicros(b - 1), us) << us;
+    }
+  }
+  LatencyHistogram h;
+  for (int i = 1; i <= 100; ++i) h.record(std::chrono::microseconds(i * 100));
+  const HistogramSnapshot s = h.snapshot();
+  EXPECT_EQ(s.count, 100u);
+  EXPECT_EQ(s.mean(), std::chrono::microseconds(5050));
+  // Bounds are at most a quarter of an octave above the exact value.
+  EXPECT_GE(s.percentile(0.5), 5000us);
+  EXPECT_LE(s.percentile(0.5), 6250us);
+  EXPECT_GE(s.percentile(0.99), 9900us);
+  EXPECT_LE(s.percentile(0.99), 12500us);
+}
+
+}  // namespace
+}  // namespace switchboard

@@ -1,12 +1,17 @@
 // switchboard-server as a child process, driven by switchboard-call, by raw ZeroMQ peers sending
-// hostile input thousands of times, and by the Python interop client of tests/interop/.
+// hostile input thousands of times, and by the Python interop client of tests/interop/; CURVE
+// keys from switchboard-keygen.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <stdlib.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <array>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 #include <zmq.hpp>
@@ -23,6 +28,7 @@ using detail::encodeMessage;
 using detail::RequestMessage;
 using detail::ResponseMessage;
 
+using testing::ChildProcess;
 using testing::envOr;
 using testing::ServerProcess;
 
@@ -175,6 +181,63 @@ TEST_P(ToolsProcessTest, PythonClientWrittenFromTheProtocolDoc) {
 
 INSTANTIATE_TEST_SUITE_P(Executors, ToolsProcessTest,
                          ::testing::Values("threadpool", "blocking", "eventloop"));
+
+// keygen makes the keys, the server admits the allow-listed client only.
+TEST(ToolsCurveProcessTest, KeygenServerAndCallWithKeys) {
+  std::string dir = (std::filesystem::temp_directory_path() / "switchboard-keys-XXXXXX").string();
+  ASSERT_NE(::mkdtemp(dir.data()), nullptr);
+  struct Cleanup {
+    std::string dir;
+    ~Cleanup() {
+      std::error_code ignored;
+      std::filesystem::remove_all(dir, ignored);
+    }
+  } cleanup{dir};
+  const std::string keygen = envOr("SWITCHBOARD_KEYGEN", "switchboard-keygen");
+  for (const char* name : {"server", "client", "stranger"}) {
+    auto r = run(keygen + " " + dir + "/" + name);
+    ASSERT_EQ(r.exitCode, 0) << r.out;
+    EXPECT_EQ(r.out.size(), 41u) << r.out;  // the public key and a newline
+  }
+  struct stat st {};
+  ASSERT_EQ(::stat((dir + "/client.key").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_NE(run(keygen + " " + dir + "/client 2>&1").exitCode, 0) << "replaced a key file";
+  {
+    std::ifstream pub(dir + "/client.pub");
+    std::string key;
+    pub >> key;
+    std::ofstream(dir + "/allowed") << "# the clients admitted\n" << key << "  # client\n";
+  }
+
+  ChildProcess server({envOr("SWITCHBOARD_SERVER", "switchboard-server"), "--listen",
+                       "tcp://127.0.0.1:0", "--curve-secret", dir + "/server.key",
+                       "--allow-clients", dir + "/allowed"});
+  const std::string prefix = "listening on ";
+  std::optional<std::string> line = server.readLine(deadlineAfter(testing::kDefaultWait));
+  ASSERT_TRUE(line && line->rfind(prefix, 0) == 0) << "server did not start";
+  const std::string url = line->substr(prefix.size());
+  auto call = [&](const std::string& args) {
+    return run(envOr("SWITCHBOARD_CALL", "switchboard-call") + " --connect " + url + " " + args);
+  };
+  const std::string serverKey = " --curve-server-key " + dir + "/server.pub";
+  auto r = call(serverKey + " --curve-secret " + dir + "/client.key echo '\"hi\"'");
+  EXPECT_EQ(r.exitCode, 0) << r.out;
+  EXPECT_EQ(r.out, "\"hi\"\n");
+  // Refused: never answered, so the calls time out (exit 3).
+  r = call(serverKey + " --curve-secret " + dir + "/stranger.key --timeout 300 echo 1 2>&1");
+  EXPECT_EQ(r.exitCode, 3) << r.out;
+  r = call("--timeout 300 echo 1 2>&1");  // plain
+  EXPECT_EQ(r.exitCode, 3) << r.out;
+  // A file that is not a key is a usage error (exit 2).
+  r = call("--curve-server-key " + dir + "/allowed --curve-secret " + dir +
+           "/client.key echo 1 2>&1");
+  EXPECT_EQ(r.exitCode, 2) << r.out;
+  EXPECT_NE(r.out.find("not a Z85 key file"), std::string::npos) << r.out;
+
+  server.kill(SIGTERM);
+  EXPECT_EQ(server.waitExit(deadlineAfter(testing::kDefaultWait)), 0);
+}
 
 }  // namespace
 }  // namespace switchboard

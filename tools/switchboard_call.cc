@@ -176,6 +176,14 @@ int main(int argc, char** argv) {
   app.add_flag("--events", events,
                "print the network's status events (several --connect) and the transports' "
                "warnings to stderr as JSON lines");
+  std::string curveServerKeyFile;
+  std::string curveSecretFile;
+  auto* curveServerKey = app.add_option("--curve-server-key", curveServerKeyFile,
+                                        "CURVE: the server's public key file (its .pub)");
+  auto* curveSecret = app.add_option("--curve-secret", curveSecretFile,
+                                     "CURVE: this client's secret key file (switchboard-keygen)");
+  curveServerKey->needs(curveSecret);
+  curveSecret->needs(curveServerKey);
   app.add_option("method", method, "method to call")->required();
   app.add_option("args", args, "arguments, each a JSON value");
   try {
@@ -214,6 +222,15 @@ int main(int argc, char** argv) {
   std::optional<RpcClient> client;
   ZmqTransport::Options zmqOptions;
   zmqOptions.log = jsonLogSink(writer, events);
+  if (!curveServerKeyFile.empty()) {  // the client's public key is derived from its secret
+    Result<std::string> serverKey = readZ85KeyFile(curveServerKeyFile);
+    Result<std::string> secret = readZ85KeyFile(curveSecretFile);
+    for (const Status& s : {serverKey.status(), secret.status()}) {
+      if (!s) return report(writer, Status(StatusCode::kInvalidTarget, s.message()));
+    }
+    zmqOptions.curveServerKey = std::move(serverKey).value();
+    zmqOptions.curveSecretKey = std::move(secret).value();
+  }
   if (connect.size() == 1) {
     Result<std::unique_ptr<Transport>> made = factory.makeTransport(connect.front(), zmqOptions);
     if (!made) return report(writer, made.status());

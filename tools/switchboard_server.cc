@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <iostream>
 #include <memory>
+#include <set>
+#include <string>
 #include <thread>
 
 #include <CLI/CLI.hpp>
@@ -21,12 +23,12 @@ using namespace switchboard;
 
 namespace {
 
-std::unique_ptr<Executor> makeExecutor(const std::string& kind, size_t threads) {
+// `pool` is used by the thread-pool executor only.
+std::unique_ptr<Executor> makeExecutor(const std::string& kind,
+                                       const ThreadPoolExecutor::Options& pool) {
   if (kind == "blocking") return std::make_unique<BlockingExecutor>();
   if (kind == "eventloop") return std::make_unique<EventLoopExecutor>();
-  ThreadPoolExecutor::Options options;
-  options.threads = threads;
-  return std::make_unique<ThreadPoolExecutor>(options);
+  return std::make_unique<ThreadPoolExecutor>(pool);
 }
 
 std::string hostName() {
@@ -40,22 +42,58 @@ int main(int argc, char** argv) {
   CLI::App app("switchboard-server: the sample Switchboard RPC server");
   std::string listen = "tcp://127.0.0.1:5555";
   std::string executorKind = "threadpool";
-  size_t threads = 4;
+  ThreadPoolExecutor::Options pool;
   std::string name = hostName();
   std::string topic = "switchboard";
   int drainSeconds = 30;
+  std::string curveSecretFile;
+  std::string allowClientsFile;
   app.add_option("--listen", listen, "URL to serve on (tcp://, ipc://, inproc://, memory://)")
       ->capture_default_str();
   app.add_option("--executor", executorKind, "threadpool, blocking or eventloop")
       ->check(CLI::IsMember({"threadpool", "blocking", "eventloop"}))
       ->capture_default_str();
-  app.add_option("--threads", threads, "thread-pool workers")->check(CLI::Range(1, 1024))
+  app.add_option("--threads", pool.threads, "thread-pool workers")->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  app.add_option("--queue-capacity", pool.queueCapacity,
+                 "thread pool: calls waiting for a worker; more are answered Overloaded")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  app.add_option("--max-in-flight", pool.maxInFlight,
+                 "thread pool: calls queued or running; more are answered Overloaded")
+      ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
   app.add_option("--name", name, "server name in the target")->capture_default_str();
   app.add_option("--topic", topic, "topic served")->capture_default_str();
   app.add_option("--drain-seconds", drainSeconds, "how long a stop waits for in-flight calls")
       ->capture_default_str();
+  auto* curveSecret = app.add_option(
+      "--curve-secret", curveSecretFile,
+      "CURVE: this server's secret key file (switchboard-keygen); tcp://, ipc://, inproc://");
+  auto* allowClients =
+      app.add_option("--allow-clients", allowClientsFile,
+                     "CURVE: the clients admitted, one Z85 public key per line ('#' comments)");
+  curveSecret->needs(allowClients);
+  allowClients->needs(curveSecret);
   CLI11_PARSE(app, argc, argv);
+
+  ZmqTransport::Options zmqOptions;
+  if (!curveSecretFile.empty()) {
+    if (listen.rfind("memory://", 0) == 0) {
+      std::cerr << "switchboard-server: CURVE needs a ZeroMQ URL (tcp://, ipc://, inproc://)\n";
+      return 2;
+    }
+    Result<std::string> secret = readZ85KeyFile(curveSecretFile);
+    Result<std::set<std::string>> allowed = readZ85KeyListFile(allowClientsFile);
+    for (const Status& s : {secret.status(), allowed.status()}) {
+      if (!s) {
+        std::cerr << "switchboard-server: " << s << "\n";
+        return 2;
+      }
+    }
+    zmqOptions.curveSecretKey = std::move(secret).value();
+    zmqOptions.allowedClientKeys = std::move(allowed).value();
+  }
 
   // Signals are taken by one thread with sigwait; every other thread has them blocked.
   sigset_t signals;
@@ -65,7 +103,7 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   TransportFactory factory;
-  Result<std::unique_ptr<Transport>> transport = factory.makeTransport(listen);
+  Result<std::unique_ptr<Transport>> transport = factory.makeTransport(listen, zmqOptions);
   if (!transport) {
     std::cerr << "switchboard-server: " << transport.status() << "\n";
     return 2;
@@ -74,7 +112,7 @@ int main(int argc, char** argv) {
   target.topic = topic;
   target.server = name;
   MessageHandlingServer server(**transport, target, RpcDispatcher({tools::sampleEndpoint()}),
-                               makeExecutor(executorKind, threads));
+                               makeExecutor(executorKind, pool));
   if (Status started = server.start(); !started) {
     std::cerr << "switchboard-server: " << started << "\n";
     return 1;

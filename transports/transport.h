@@ -36,6 +36,9 @@ class IncomingMessage {
   virtual void acknowledge() = 0;
   // Who sent it, for logs and access checks (transport-specific, e.g. a channel id).
   virtual std::string_view peer() const = 0;
+  // Who the transport authenticated the sender as (ZeroMQ CURVE: the client's Z85 public key,
+  // admitted by the ZAP handler); empty when the transport authenticated no one.
+  virtual std::string_view identity() const { return {}; }
 };
 using IncomingPtr = std::unique_ptr<IncomingMessage>;
 

@@ -1,35 +1,46 @@
 // ZmqTransport: ROUTER listeners polled by the executor's receiving thread, DEALER channels with
 // an I/O thread each; an eventfd wakes a poll for interrupts and replies from other threads.
+// Also the context's ZAP handler for CURVE listeners, and the CURVE key helpers.
 #include "transports/zmq_transport.h"
 
+#include <fcntl.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <thread>
 #include <vector>
 #include <zmq.hpp>
 
+#include "transports/detail/zmq_frames.h"
+
 namespace switchboard {
 namespace detail {
+
+class ZapHandler;
 
 // What the transport, its listeners, channels and messages share.
 class ZmqShared {
  public:
-  ZmqShared(zmq::context_t& context, std::string url, ZmqTransport::Options options)
-      : context_(context), url_(std::move(url)), options_(std::move(options)) {}
+  ZmqShared(zmq::context_t& context, ZapHandler& zap, std::string url,
+            ZmqTransport::Options options)
+      : context_(context), zap_(zap), url_(std::move(url)), options_(std::move(options)) {}
 
   zmq::context_t& context_;
+  ZapHandler& zap_;  // the context's; outlives the transport
   const std::string url_;
   const ZmqTransport::Options options_;
   std::mutex mutex_;
   std::string boundEndpoint_;  // guarded by mutex_
   std::atomic<uint64_t> received_{0}, malformedDropped_{0}, repliesSent_{0}, repliesDropped_{0},
-      sendsExpired_{0};
+      sendsExpired_{0}, authRefused_{0};
 
   // Counted always; logged with back-off (isLoggedOccurrence).
   void drop(std::atomic<uint64_t>& counter, std::string_view why) {
@@ -64,6 +75,194 @@ class Waker {
   int fd_;
 };
 
+// The ZAP handler (RFC 27) of one context: a thread with a ROUTER bound to
+// inproc://zeromq.zap.01, answering the request libzmq makes for every handshake with a CURVE
+// listener of the context. Each CURVE listener registers its transport (allow-list, log sink,
+// counters) under a ZAP domain of its own; a request is admitted ("200", user id = the client's
+// Z85 public key) only when its domain is registered, its mechanism is CURVE and the key is in
+// that allow-list; otherwise "400" with the reason, logged and counted. Thread-safe.
+class ZapHandler {
+ public:
+  static constexpr const char* kEndpoint = "inproc://zeromq.zap.01";
+
+  // `context` must outlive the handler, whose stop() must come before the context terminates.
+  explicit ZapHandler(zmq::context_t& context) : context_(context) {}
+  ~ZapHandler() { stop(); }
+  ZapHandler(const ZapHandler&) = delete;
+  ZapHandler& operator=(const ZapHandler&) = delete;
+
+  // Registers the allow-list of a CURVE listener of `shared` under a new domain, which it
+  // returns, after starting the handler if it does not run (its socket is bound when this
+  // returns, so no request is lost). kUnauthorized when the handler cannot run (another socket
+  // owns the endpoint in this context), kShuttingDown after stop().
+  Result<std::string> admit(const std::shared_ptr<ZmqShared>& shared) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopped_) return Status(StatusCode::kShuttingDown, "the ZeroMQ context is closing");
+    if (thread_.joinable() && exited_.load()) thread_.join();  // it failed: start it again
+    if (!thread_.joinable()) {
+      try {
+        zmq::socket_t socket(context_, zmq::socket_type::router);
+        socket.set(zmq::sockopt::linger, 0);
+        socket.bind(kEndpoint);
+        exited_.store(false);
+        thread_ = std::thread(&ZapHandler::run, this, std::move(socket));
+      } catch (const std::exception& e) {
+        return Status(StatusCode::kUnauthorized,
+                      std::string("a CURVE server needs a running ZAP handler, and it cannot "
+                                  "run: cannot bind ") +
+                          kEndpoint + ": " + e.what());
+      }
+    }
+    std::string domain = "switchboard-" + std::to_string(++lastDomain_);
+    domains_[domain] = shared;
+    return domain;
+  }
+
+  // Forgets `domain`: its clients are refused from now on. Idempotent.
+  void release(const std::string& domain) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    domains_.erase(domain);
+  }
+
+  // Stops the thread and joins it; it closes its socket (linger 0). Bounded: the thread never
+  // blocks but in its poll, which the waker ends. Idempotent; admit() fails afterwards.
+  void stop() {
+    std::thread thread;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopped_ = true;
+      domains_.clear();
+      thread = std::move(thread_);
+    }
+    if (!thread.joinable()) return;
+    stopping_.store(true);
+    waker_.wake();
+    thread.join();
+  }
+
+ private:
+  struct Verdict {
+    bool admitted = false;
+    std::string text;    // status text: "OK" or why not
+    std::string userId;  // the client's Z85 key when admitted
+  };
+
+  void run(zmq::socket_t socket) {
+    for (;;) {
+      zmq_pollitem_t items[2] = {{socket.handle(), 0, ZMQ_POLLIN, 0},
+                                 {nullptr, waker_.fd(), ZMQ_POLLIN, 0}};
+      try {
+        zmq::poll(items, 2, std::chrono::milliseconds(-1));  // waker: stop()
+        if (items[1].revents != 0) waker_.drain();
+        if (stopping_.load()) break;
+        if ((items[0].revents & ZMQ_POLLIN) != 0) serve(socket);
+      } catch (const zmq::error_t& e) {
+        if (e.num() == EINTR) continue;
+        // The context is terminating, or the socket failed: the next admit() starts anew.
+        stderrLogSink()(LogLevel::kError, "zap", std::string("ZAP handler stopped: ") + e.what());
+        break;
+      } catch (const std::exception& e) {  // none may leave the thread
+        stderrLogSink()(LogLevel::kError, "zap", std::string("ZAP handler stopped: ") + e.what());
+        break;
+      }
+    }
+    exited_.store(true);
+  }  // `socket` closes here, linger 0
+
+  // Answers every request queued now. A request is [routing id, empty delimiter, version,
+  // request id, domain, address, identity, mechanism, credentials...]; the reply is the
+  // envelope, then version, request id, status code, status text, user id, metadata.
+  void serve(zmq::socket_t& socket) {
+    constexpr size_t kMaxFrames = 16;  // more than any ZAP request has
+    for (;;) {
+      zmq::message_t frame;
+      if (!socket.recv(frame, zmq::recv_flags::dontwait)) return;
+      std::vector<std::string> frames;
+      frames.push_back(frame.to_string());
+      while (frame.more()) {
+        (void)socket.recv(frame);  // parts of one message arrive together
+        if (frames.size() < kMaxFrames) frames.push_back(frame.to_string());
+      }
+      size_t envelope = 0;
+      while (envelope < frames.size() && !frames[envelope].empty()) ++envelope;
+      if (envelope == frames.size()) continue;  // no delimiter: not libzmq's; nothing to answer
+      ++envelope;
+      const std::vector<std::string> request(frames.begin() + static_cast<long>(envelope),
+                                             frames.end());
+      const Verdict verdict = decide(request);
+      std::vector<std::string> reply(frames.begin(), frames.begin() + static_cast<long>(envelope));
+      reply.push_back("1.0");
+      reply.push_back(request.size() > 1 ? request[1] : std::string());
+      reply.push_back(verdict.admitted ? "200" : "400");
+      reply.push_back(verdict.text);
+      reply.push_back(verdict.userId);
+      reply.push_back(std::string());  // no metadata
+      for (size_t i = 0; i < reply.size(); ++i) {
+        // A ROUTER drops what it cannot route (the handshake is gone): never blocks.
+        const auto flags = i + 1 < reply.size()
+                               ? zmq::send_flags::sndmore | zmq::send_flags::dontwait
+                               : zmq::send_flags::dontwait;
+        if (!socket.send(zmq::buffer(reply[i]), flags)) break;
+      }
+    }
+  }
+
+  Verdict decide(const std::vector<std::string>& request) {
+    auto frame = [&](size_t i) { return i < request.size() ? request[i] : std::string(); };
+    const std::string domain = frame(2), address = frame(3), mechanism = frame(5);
+    std::shared_ptr<ZmqShared> owner;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (auto it = domains_.find(domain); it != domains_.end()) owner = it->second;
+    }
+    std::string clientKey;
+    auto refuse = [&](std::string why) {
+      Verdict v;
+      v.text = why;
+      std::string line = "refused a client";
+      if (!clientKey.empty()) line += " with key " + clientKey;
+      line +=
+          " from " + (address.empty() ? std::string("an unknown address") : address) + ": " + why;
+      // Counted always, logged with back-off: a refused client retries at every reconnect.
+      std::atomic<uint64_t>& counter = owner ? owner->authRefused_ : unknownRefused_;
+      const uint64_t n = counter.fetch_add(1, std::memory_order_relaxed) + 1;
+      if (isLoggedOccurrence(n)) {
+        const LogSink log = owner ? owner->options_.log : stderrLogSink();
+        log(LogLevel::kWarning, "zap", line + " (" + std::to_string(n) + " so far)");
+      }
+      return v;
+    };
+    if (request.size() < 6 || frame(0) != "1.0") return refuse("malformed ZAP request");
+    if (!owner) return refuse("no CURVE listener has the ZAP domain '" + domain + "'");
+    if (mechanism != "CURVE") return refuse("mechanism " + mechanism + " refused: CURVE only");
+    if (request.size() != 7 || request[6].size() != 32) return refuse("malformed CURVE key");
+    char z85[41] = {};
+    if (zmq_z85_encode(z85, reinterpret_cast<const uint8_t*>(request[6].data()), 32) == nullptr) {
+      return refuse("malformed CURVE key");
+    }
+    clientKey = z85;
+    if (owner->options_.allowedClientKeys.count(clientKey) == 0) {
+      return refuse("client key not in the allow-list");
+    }
+    Verdict v;
+    v.admitted = true;
+    v.text = "OK";
+    v.userId = clientKey;
+    return v;
+  }
+
+  zmq::context_t& context_;
+  Waker waker_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> exited_{false};          // the thread ended (it only does on an error)
+  std::atomic<uint64_t> unknownRefused_{0};  // refusals for no registered domain
+  std::mutex mutex_;
+  std::map<std::string, std::shared_ptr<ZmqShared>> domains_;  // guarded by mutex_
+  uint64_t lastDomain_ = 0;                                    // guarded by mutex_
+  bool stopped_ = false;                                       // guarded by mutex_
+  std::thread thread_;  // started by admit(), joined by admit() or stop(); under mutex_
+};
+
 void applySocketOptions(zmq::socket_t& socket, const ZmqTransport::Options& o) {
   socket.set(zmq::sockopt::linger, o.lingerMs);
   socket.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(o.maxMessageBytes));
@@ -86,8 +285,19 @@ long pollTimeoutMs(Deadline deadline) {
 // The ROUTER of one listener, shared with the messages it took so they can reply.
 class ZmqListenerCore {
  public:
-  ZmqListenerCore(std::shared_ptr<ZmqShared> shared)
-      : shared_(std::move(shared)), router_(shared_->context_, zmq::socket_type::router) {}
+  // `zapDomain`: the domain a CURVE listener registered with the ZAP handler, released on close
+  // (empty for a plain listener).
+  ZmqListenerCore(std::shared_ptr<ZmqShared> shared, std::string zapDomain)
+      : shared_(std::move(shared)),
+        zapDomain_(std::move(zapDomain)),
+        router_(shared_->context_, zmq::socket_type::router) {}
+  ~ZmqListenerCore() {
+    if (!zapDomain_.empty()) shared_->zap_.release(zapDomain_);
+  }
+  ZmqListenerCore(const ZmqListenerCore&) = delete;
+  ZmqListenerCore& operator=(const ZmqListenerCore&) = delete;
+
+  bool isCurve() const { return !zapDomain_.empty(); }
 
   // Sends now when called on the polling thread, else queues for it and wakes it.
   Status reply(const std::vector<std::string>& routing, std::string body) {
@@ -131,17 +341,21 @@ class ZmqListenerCore {
   }
 
   void close() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (closed_) return;
-    closed_ = true;
-    if (!outbox_.empty()) {
-      for (auto& [routing, body] : outbox_) sendLocked(routing, body);
-      outbox_.clear();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (closed_) return;
+      closed_ = true;
+      if (!outbox_.empty()) {
+        for (auto& [routing, body] : outbox_) sendLocked(routing, body);
+        outbox_.clear();
+      }
+      router_.close();
     }
-    router_.close();
+    if (!zapDomain_.empty()) shared_->zap_.release(zapDomain_);
   }
 
   std::shared_ptr<ZmqShared> shared_;
+  const std::string zapDomain_;
   zmq::socket_t router_;  // used by the polling thread; by reply() under mutex_
   Waker waker_;
   std::atomic<std::thread::id> owner_;
@@ -157,8 +371,11 @@ class ZmqListenerCore {
 class ZmqIncoming final : public IncomingMessage {
  public:
   ZmqIncoming(std::shared_ptr<ZmqListenerCore> core, std::vector<std::string> routing,
-              std::string body)
-      : core_(std::move(core)), routing_(std::move(routing)), body_(std::move(body)) {
+              std::string body, std::string identity)
+      : core_(std::move(core)),
+        routing_(std::move(routing)),
+        body_(std::move(body)),
+        identity_(std::move(identity)) {
     static constexpr char kHex[] = "0123456789abcdef";
     peer_ = "zmq:";
     for (unsigned char c : routing_.front()) {
@@ -170,12 +387,14 @@ class ZmqIncoming final : public IncomingMessage {
   Status reply(std::string bytes) override { return core_->reply(routing_, std::move(bytes)); }
   void acknowledge() override {}
   std::string_view peer() const override { return peer_; }
+  std::string_view identity() const override { return identity_; }
 
  private:
   std::shared_ptr<ZmqListenerCore> core_;
   std::vector<std::string> routing_;  // identity, then the REQ delimiter when the peer sent one
   std::string body_;
   std::string peer_;
+  std::string identity_;  // the CURVE client's key the ZAP handler admitted; empty when plain
 };
 
 class ZmqListener final : public Listener {
@@ -227,16 +446,25 @@ class ZmqListener final : public Listener {
         if (frames.size() < shared.options_.maxFrames) {
           frames.push_back(frame.to_string());
         } else {
-          tooMany = true;
+          tooMany = true;  // frames past maxFrames are not kept
         }
       }
-      if (tooMany || frames.size() < 2 || (frames.size() == 3 && !frames[1].empty())) {
+      std::vector<std::string_view> views(frames.begin(), frames.end());
+      if (tooMany) views.emplace_back();  // stands for the frames not kept
+      if (!splitRouterFrames(views, shared.options_.maxFrames)) {
         shared.drop(shared.malformedDropped_, "dropped a message with a bad frame layout");
         continue;
       }
+      // Valid: the body is the last frame, the routing frames all those before it.
       std::string body = std::move(frames.back());
       frames.pop_back();
-      out.push_back(std::make_unique<ZmqIncoming>(core_, std::move(frames), std::move(body)));
+      // `frame` is the body's: libzmq attaches the connection's ZAP user id to what it received.
+      std::string identity;
+      if (core_->isCurve()) {
+        if (const char* userId = zmq_msg_gets(frame.handle(), "User-Id")) identity = userId;
+      }
+      out.push_back(std::make_unique<ZmqIncoming>(core_, std::move(frames), std::move(body),
+                                                  std::move(identity)));
       shared.received_.fetch_add(1, std::memory_order_relaxed);
       ++taken;
     }
@@ -270,10 +498,16 @@ class ZmqChannel final : public ClientChannel {
         onLink_(std::move(onLink)),
         dealer_(shared_->context_, zmq::socket_type::dealer) {}
 
-  Status connect() {
+  // `curvePublicKey`: this client's, when the transport's options make it a CURVE client.
+  Status connect(const std::string& curvePublicKey) {
     try {
       applySocketOptions(dealer_, shared_->options_);
       dealer_.set(zmq::sockopt::immediate, 1);
+      if (const ZmqTransport::Options& o = shared_->options_; !o.curveServerKey.empty()) {
+        dealer_.set(zmq::sockopt::curve_serverkey, o.curveServerKey);
+        dealer_.set(zmq::sockopt::curve_publickey, curvePublicKey);
+        dealer_.set(zmq::sockopt::curve_secretkey, o.curveSecretKey);
+      }
       if (onLink_) startMonitor();  // before connect, so that no event is missed
       dealer_.connect(shared_->url_);
     } catch (const zmq::error_t& e) {
@@ -478,26 +712,82 @@ class ZmqChannel final : public ClientChannel {
 
 struct ZmqContext::Impl {
   zmq::context_t context;
+  detail::ZapHandler zap{context};  // after the context: destroyed (stopped) before it
 };
 
 ZmqContext::ZmqContext() : impl_(std::make_unique<Impl>()) {}
-ZmqContext::~ZmqContext() = default;
+ZmqContext::~ZmqContext() { impl_->zap.stop(); }  // before the context terminates
 void* ZmqContext::handle() const { return &impl_->context; }
+
+namespace {
+
+// What listen() needs of a CURVE server's options.
+Status checkCurveServerOptions(const ZmqTransport::Options& o) {
+  if (Result<std::string> pub = curvePublicKeyOf(o.curveSecretKey); !pub) {
+    return Status(pub.status().code(), "curveSecretKey: " + pub.status().message());
+  }
+  if (o.allowedClientKeys.empty()) {
+    return Status(StatusCode::kInvalidTarget,
+                  "a CURVE server needs at least one allowed client key (allowedClientKeys)");
+  }
+  for (const std::string& key : o.allowedClientKeys) {
+    if (!isZ85Key(key)) {
+      return Status(StatusCode::kInvalidTarget,
+                    "allowedClientKeys: '" + key + "' is not a Z85 key (40 characters)");
+    }
+  }
+  return Status::ok();
+}
+
+// What openChannel() needs of a CURVE client's options: the client's public key.
+Result<std::string> curveClientPublicKey(const ZmqTransport::Options& o) {
+  if (!isZ85Key(o.curveServerKey)) {
+    return Status(StatusCode::kInvalidTarget, "curveServerKey is not a Z85 key (40 characters)");
+  }
+  if (o.curveSecretKey.empty()) {
+    return Status(StatusCode::kInvalidTarget,
+                  "a CURVE client needs its secret key (curveSecretKey)");
+  }
+  Result<std::string> derived = curvePublicKeyOf(o.curveSecretKey);
+  if (!derived) {
+    return Status(derived.status().code(), "curveSecretKey: " + derived.status().message());
+  }
+  if (!o.curvePublicKey.empty() && o.curvePublicKey != *derived) {
+    return Status(StatusCode::kInvalidTarget,
+                  "curvePublicKey is not the public key of curveSecretKey");
+  }
+  return derived;
+}
+
+}  // namespace
 
 ZmqTransport::ZmqTransport(ZmqContext& context, std::string url)
     : ZmqTransport(context, std::move(url), Options{}) {}
 
 ZmqTransport::ZmqTransport(ZmqContext& context, std::string url, Options options)
-    : shared_(std::make_shared<detail::ZmqShared>(
-          *static_cast<zmq::context_t*>(context.handle()), std::move(url), std::move(options))) {}
+    : shared_(std::make_shared<detail::ZmqShared>(context.impl_->context, context.impl_->zap,
+                                                  std::move(url), std::move(options))) {}
 
 ZmqTransport::~ZmqTransport() = default;
 
 Result<std::unique_ptr<Listener>> ZmqTransport::listen(const Address&) {
+  const Options& o = shared_->options_;
+  std::string zapDomain;
+  if (!o.curveSecretKey.empty()) {
+    if (Status s = checkCurveServerOptions(o); !s) return s;
+    Result<std::string> domain = shared_->zap_.admit(shared_);
+    if (!domain) return domain.status();
+    zapDomain = std::move(domain).value();
+  }
   try {
-    auto core = std::make_shared<detail::ZmqListenerCore>(shared_);
+    auto core = std::make_shared<detail::ZmqListenerCore>(shared_, zapDomain);
     detail::applySocketOptions(core->router_, shared_->options_);
     core->router_.set(zmq::sockopt::router_mandatory, 1);
+    if (core->isCurve()) {
+      core->router_.set(zmq::sockopt::curve_server, true);
+      core->router_.set(zmq::sockopt::curve_secretkey, o.curveSecretKey);
+      core->router_.set(zmq::sockopt::zap_domain, zapDomain);
+    }
     core->router_.bind(shared_->url_);
     {
       std::lock_guard<std::mutex> lock(shared_->mutex_);
@@ -505,18 +795,26 @@ Result<std::unique_ptr<Listener>> ZmqTransport::listen(const Address&) {
     }
     return std::unique_ptr<Listener>(std::make_unique<detail::ZmqListener>(std::move(core)));
   } catch (const zmq::error_t& e) {
+    if (!zapDomain.empty()) shared_->zap_.release(zapDomain);  // if no core took it over
     return Status(StatusCode::kTransportError, "cannot bind " + shared_->url_ + ": " + e.what());
   } catch (const std::system_error& e) {
+    if (!zapDomain.empty()) shared_->zap_.release(zapDomain);
     return Status(StatusCode::kTransportError, e.what());
   }
 }
 
 Result<std::unique_ptr<ClientChannel>> ZmqTransport::openChannel(ReplyCallback onReply,
                                                                  LinkCallback onLink) {
+  std::string curvePublicKey;
+  if (!shared_->options_.curveServerKey.empty()) {
+    Result<std::string> key = curveClientPublicKey(shared_->options_);
+    if (!key) return key.status();
+    curvePublicKey = std::move(key).value();
+  }
   try {
     auto channel =
         std::make_unique<detail::ZmqChannel>(shared_, std::move(onReply), std::move(onLink));
-    if (Status s = channel->connect(); !s) return s;
+    if (Status s = channel->connect(curvePublicKey); !s) return s;
     return std::unique_ptr<ClientChannel>(std::move(channel));
   } catch (const std::system_error& e) {
     return Status(StatusCode::kTransportError, e.what());
@@ -537,7 +835,126 @@ ZmqTransport::Stats ZmqTransport::stats() const {
   s.repliesSent = shared_->repliesSent_.load();
   s.repliesDropped = shared_->repliesDropped_.load();
   s.sendsExpired = shared_->sendsExpired_.load();
+  s.authRefused = shared_->authRefused_.load();
   return s;
+}
+
+bool isZ85Key(std::string_view key) {
+  if (key.size() != 40) return false;
+  const std::string text(key);  // zmq_z85_decode reads a NUL-terminated string
+  uint8_t bytes[32];
+  return zmq_z85_decode(bytes, text.c_str()) != nullptr;
+}
+
+Result<CurveKeyPair> makeCurveKeyPair() {
+  char publicKey[41] = {}, secretKey[41] = {};
+  if (zmq_curve_keypair(publicKey, secretKey) != 0) {
+    return Status(StatusCode::kTransportError,
+                  std::string("cannot make a CURVE key pair: ") + zmq_strerror(zmq_errno()));
+  }
+  return CurveKeyPair{publicKey, secretKey};
+}
+
+Result<std::string> curvePublicKeyOf(std::string_view secretKey) {
+  if (!isZ85Key(secretKey)) {
+    return Status(StatusCode::kInvalidTarget, "not a Z85 key (40 characters)");
+  }
+  const std::string secret(secretKey);
+  char publicKey[41] = {};
+  if (zmq_curve_public(publicKey, secret.c_str()) != 0) {
+    return Status(StatusCode::kTransportError,
+                  std::string("cannot derive a CURVE public key: ") + zmq_strerror(zmq_errno()));
+  }
+  return std::string(publicKey);
+}
+
+namespace {
+
+constexpr std::string_view kBlanks = " \t\r\n";
+
+std::string_view trimmed(std::string_view s) {
+  const size_t first = s.find_first_not_of(kBlanks);
+  if (first == std::string_view::npos) return {};
+  return s.substr(first, s.find_last_not_of(kBlanks) - first + 1);
+}
+
+// The content of `path`, at most `maxBytes` of it (kInvalidTarget when it is larger).
+Result<std::string> readSmallFile(const std::string& path, size_t maxBytes) {
+  std::FILE* f = std::fopen(path.c_str(), "rbe");
+  if (f == nullptr) {
+    return Status(StatusCode::kTransportError, "cannot read " + path + ": " + std::strerror(errno));
+  }
+  std::string text;
+  char chunk[4096];
+  size_t n = 0;
+  while ((n = std::fread(chunk, 1, sizeof chunk, f)) > 0 && text.size() <= maxBytes) {
+    text.append(chunk, n);
+  }
+  const bool failed = std::ferror(f) != 0;
+  std::fclose(f);
+  if (failed) return Status(StatusCode::kTransportError, "cannot read " + path);
+  if (text.size() > maxBytes) {
+    return Status(StatusCode::kInvalidTarget, path + ": too large for a key file");
+  }
+  return text;
+}
+
+}  // namespace
+
+Result<std::string> readZ85KeyFile(const std::string& path) {
+  Result<std::string> text = readSmallFile(path, 4096);
+  if (!text) return text.status();
+  const std::string_view key = trimmed(*text);
+  if (!isZ85Key(key)) {
+    return Status(StatusCode::kInvalidTarget,
+                  path + ": not a Z85 key file (40 characters and a newline)");
+  }
+  return std::string(key);
+}
+
+Status writeZ85KeyFile(const std::string& path, std::string_view key, unsigned mode) {
+  if (!isZ85Key(key)) return Status(StatusCode::kInvalidTarget, "not a Z85 key (40 characters)");
+  const int fd =
+      ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, static_cast<mode_t>(mode));
+  if (fd < 0) {
+    return Status(StatusCode::kTransportError,
+                  "cannot create " + path + ": " + std::strerror(errno));
+  }
+  const std::string line = std::string(key) + "\n";
+  bool ok = ::fchmod(fd, static_cast<mode_t>(mode)) == 0 &&  // what the umask took away
+            ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
+  const int error = errno;
+  ok = (::close(fd) == 0) && ok;
+  if (!ok) {
+    ::unlink(path.c_str());
+    return Status(StatusCode::kTransportError,
+                  "cannot write " + path + ": " + std::strerror(error));
+  }
+  return Status::ok();
+}
+
+Result<std::set<std::string>> readZ85KeyListFile(const std::string& path) {
+  Result<std::string> text = readSmallFile(path, 16u << 20);
+  if (!text) return text.status();
+  std::set<std::string> keys;
+  std::string_view rest = *text;
+  for (size_t lineNumber = 1; !rest.empty(); ++lineNumber) {
+    const size_t nl = rest.find('\n');
+    std::string_view line = rest.substr(0, nl);
+    rest = nl == std::string_view::npos ? std::string_view() : rest.substr(nl + 1);
+    line = trimmed(line);
+    // No key starts with '#' (its first group would overflow 32 bits), but one may hold one: a
+    // comment after a key needs a blank before it.
+    if (line.empty() || line.front() == '#') continue;
+    const size_t blank = std::min(line.find_first_of(kBlanks), line.size());
+    const std::string_view key = line.substr(0, blank), after = trimmed(line.substr(blank));
+    if (!isZ85Key(key) || !(after.empty() || after.front() == '#')) {
+      return Status(StatusCode::kInvalidTarget,
+                    path + ":" + std::to_string(lineNumber) + ": not a Z85 public key");
+    }
+    keys.emplace(key);
+  }
+  return keys;
 }
 
 }  // namespace switchboard

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <string>
 #include <string_view>
 
@@ -18,20 +19,54 @@ namespace detail {
 class ZmqShared;
 }
 
+class ZmqTransport;
+
 // One ZeroMQ context, shared by every ZmqTransport made from it (inproc:// endpoints work only
 // within one context). Thread-safe. Must outlive its transports.
+// It also owns the context's ZAP handler (RFC 27), which the first CURVE listener starts: a
+// thread bound to inproc://zeromq.zap.01 that admits a CURVE client only when its public key is
+// in the allow-list of the listener it connects to. The destructor stops and joins that thread
+// before the context terminates.
 class ZmqContext final {
  public:
   ZmqContext();
   ~ZmqContext();
   ZmqContext(const ZmqContext&) = delete;
   ZmqContext& operator=(const ZmqContext&) = delete;
+  // The zmq::context_t (for tests that drive raw ZeroMQ peers in this context).
   void* handle() const;
 
  private:
+  friend class ZmqTransport;
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// CURVE keys (zmq_curve(7)) as Z85 text: 40 characters for 32 bytes.
+struct CurveKeyPair {
+  std::string publicKey;
+  std::string secretKey;
+};
+
+// True when `key` is 40 characters of Z85 text (a CURVE public or secret key).
+bool isZ85Key(std::string_view key);
+// A fresh key pair. kTransportError when this libzmq has no CURVE.
+Result<CurveKeyPair> makeCurveKeyPair();
+// The public key of a secret key. kInvalidTarget when `secretKey` is not a Z85 key,
+// kTransportError when this libzmq has no CURVE.
+Result<std::string> curvePublicKeyOf(std::string_view secretKey);
+
+// Key files hold one Z85 key: 40 characters and a newline (surrounding blanks are ignored).
+// Errors: kTransportError when the file cannot be read or written (the message has the path
+// and the system's reason), kInvalidTarget when its content is not a key.
+Result<std::string> readZ85KeyFile(const std::string& path);
+// Creates `path` with `mode` (0600 for a secret key; the umask cannot widen or narrow it) and
+// writes `key` and a newline. Never replaces a file: kTransportError when `path` exists.
+Status writeZ85KeyFile(const std::string& path, std::string_view key, unsigned mode);
+// An allow-list file: one Z85 public key per line, optionally followed by blanks and a '#'
+// comment; blank lines and comment lines (starting with '#', which no key does) are ignored.
+// kInvalidTarget names the first line that is neither. An empty list is not an error here.
+Result<std::set<std::string>> readZ85KeyListFile(const std::string& path);
 
 // Routing over ZeroMQ is by URL: listen() binds this transport's URL whatever the Address's
 // topic and server (they travel in the messages), and every channel connects to it.
@@ -45,6 +80,12 @@ class ZmqContext final {
 //  - kRefused, while no link is up, for every failed attempt: a connect that failed (repeated at
 //    every retry, ZMQ_RECONNECT_IVL apart) or a failed handshake.
 // ZeroMQ keeps reconnecting after kDown and kRefused; a later kUp says it got through.
+// CURVE (Options::curve...): a listener with a secret key is a CURVE server under a ZAP domain of
+// its own, and admits only the clients of its allow-list; a message from an admitted client has
+// the client's public key as its IncomingMessage::identity(). A refused client is logged
+// (component "zap", with the reason and the client's address; with back-off) and counted
+// (Stats::authRefused), and its channel sees kRefused. A plain client of a CURVE server, and a
+// CURVE client of a plain one, fail the handshake (kRefused) and never reach the listener.
 // Thread-safe; must outlive its listeners and channels.
 class ZmqTransport final : public Transport {
  public:
@@ -56,6 +97,19 @@ class ZmqTransport final : public Transport {
     int sendHighWaterMark = 10000;       // ZMQ_SNDHWM / ZMQ_RCVHWM
     size_t maxFrames = 3;                // identity, optional delimiter, body
     LogSink log = stderrLogSink();
+
+    // CURVE, all keys Z85 text (40 characters). All empty: plain, no encryption.
+    // Server side (listen()): this server's secret key (its public key, which clients need, is
+    // curvePublicKeyOf(curveSecretKey)), and the public keys of the clients it admits. listen()
+    // fails kInvalidTarget for a malformed key or an empty allow-list, and kUnauthorized when the
+    // context's ZAP handler cannot run (another socket of the context owns its endpoint).
+    std::string curveSecretKey;
+    std::set<std::string> allowedClientKeys;
+    // Client side (openChannel()): the server's public key, and this client's pair (secret in
+    // curveSecretKey; curvePublicKey empty: derived from it). openChannel() fails kInvalidTarget
+    // for a malformed or missing key.
+    std::string curveServerKey;
+    std::string curvePublicKey;
   };
 
   // Counters since construction.
@@ -65,6 +119,7 @@ class ZmqTransport final : public Transport {
     uint64_t repliesSent = 0;
     uint64_t repliesDropped = 0;  // peer gone (ROUTER_MANDATORY) or high-water mark
     uint64_t sendsExpired = 0;    // client messages not sent before their deadline
+    uint64_t authRefused = 0;     // clients the ZAP handler refused for this transport's listeners
   };
 
   // `url` is tcp://host:port (port 0 or * picks one), ipc://path or inproc://name.
@@ -72,6 +127,7 @@ class ZmqTransport final : public Transport {
   ZmqTransport(ZmqContext& context, std::string url);
   ~ZmqTransport() override;
 
+  // kTransportError when the URL cannot be bound; for CURVE, see Options.
   Result<std::unique_ptr<Listener>> listen(const Address& address) override;
   // kTransportError when the channel cannot be set up (a URL ZeroMQ rejects, no descriptors
   // left); an absent listener is not a failure but kRefused link events. Without `onLink` no
