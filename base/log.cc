@@ -4,17 +4,38 @@
 
 #include <cstdio>
 #include <mutex>
-#include <string>
 
 namespace switchboard {
 
+std::string_view logLevelName(LogLevel level) {
+  switch (level) {
+    case LogLevel::kDebug: return "debug";
+    case LogLevel::kInfo: return "info";
+    case LogLevel::kWarning: return "warning";
+    case LogLevel::kError: return "error";
+  }
+  return "unknown";
+}
+
+std::string formatLogRecord(const LogRecord& record) {
+  std::string text(record.message);
+  for (size_t i = 0; i < record.fields.size(); ++i) {
+    text += i == 0 ? " (" : ", ";
+    text += record.fields[i].key;
+    text += '=';
+    text += record.fields[i].value;
+  }
+  if (!record.fields.empty()) text += ')';
+  return text;
+}
+
 LogSink stderrLogSink() {
-  return [](LogLevel level, std::string_view component, std::string_view message) {
-    if (level < LogLevel::kWarning) return;
+  return [](const LogRecord& record) {
+    if (record.level < LogLevel::kWarning) return;
     static std::mutex mutex;
-    const std::string line = "switchboard[" + std::string(component) + "] " +
-                             (level == LogLevel::kWarning ? "warning" : "error") + ": " +
-                             std::string(message) + "\n";
+    const std::string line = "switchboard[" + std::string(record.component) + "] " +
+                             std::string(logLevelName(record.level)) + ": " +
+                             formatLogRecord(record) + "\n";
     std::lock_guard<std::mutex> lock(mutex);
     std::fputs(line.c_str(), stderr);
   };

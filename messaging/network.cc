@@ -176,7 +176,10 @@ void NetworkCore::emitLocked(NetworkEvent::Kind kind, const std::string& server,
   options_.log(kind == NetworkEvent::Kind::kDisconnected ? LogLevel::kWarning : LogLevel::kInfo,
                "network",
                std::string(networkEventKindName(kind)) + " " + server +
-                   (detail.empty() ? "" : ": " + detail));
+                   (detail.empty() ? "" : ": " + detail),
+               {{"event", std::string(networkEventKindName(kind))},
+                {"server", server},
+                {"detail", detail}});
   if (!slots_.empty()) events_.push_back(NetworkEvent{kind, server, std::move(detail)});
 }
 

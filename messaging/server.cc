@@ -411,8 +411,8 @@ void ServerCore::unregister(const std::string& key) {
 void ServerCore::dropped(std::string_view why) {
   const uint64_t n = dropped_.fetch_add(1, std::memory_order_relaxed) + 1;
   if (isLoggedOccurrence(n)) {
-    options_.log(LogLevel::kWarning, "server",
-                 "dropped a message (" + std::to_string(n) + " so far): " + std::string(why));
+    options_.log(LogLevel::kWarning, "server", "dropped a message: " + std::string(why),
+                 {{"dropped", std::to_string(n)}, {"server", target_.server}});
   }
 }
 

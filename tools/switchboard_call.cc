@@ -72,29 +72,18 @@ int report(LineWriter& writer, const Status& s) {
   return exitCodeFor(s);
 }
 
-std::string_view levelName(LogLevel level) {
-  switch (level) {
-    case LogLevel::kDebug:
-      return "debug";
-    case LogLevel::kInfo:
-      return "info";
-    case LogLevel::kWarning:
-      return "warning";
-    case LogLevel::kError:
-      return "error";
-  }
-  return "unknown";
-}
-
 // The network's and the transports' log as {"log":{...}} lines on stderr: errors always, warnings
 // with `verbose` (the network's own are left out: its events say the same).
 LogSink jsonLogSink(LineWriter& writer, bool verbose) {
-  return [&writer, verbose](LogLevel level, std::string_view component, std::string_view message) {
-    if (level < LogLevel::kWarning) return;
-    if (level == LogLevel::kWarning && (!verbose || component == "network")) return;
-    writer.err(Value(Map{{"log", Value(Map{{"level", std::string(levelName(level))},
-                                           {"component", std::string(component)},
-                                           {"message", std::string(message)}})}})
+  return [&writer, verbose](const LogRecord& record) {
+    if (record.level < LogLevel::kWarning) return;
+    if (record.level == LogLevel::kWarning && (!verbose || record.component == "network")) return;
+    Map fields;
+    for (const LogField& field : record.fields) fields.emplace_back(std::string(field.key), field.value);
+    writer.err(Value(Map{{"log", Value(Map{{"level", std::string(logLevelName(record.level))},
+                                           {"component", std::string(record.component)},
+                                           {"message", std::string(record.message)},
+                                           {"fields", Value(std::move(fields))}})}})
                    .toJson());
   };
 }

@@ -53,7 +53,8 @@ int main(int argc, char** argv) {
   app.add_option("--executor", executorKind, "threadpool, blocking or eventloop")
       ->check(CLI::IsMember({"threadpool", "blocking", "eventloop"}))
       ->capture_default_str();
-  app.add_option("--threads", pool.threads, "thread-pool workers")->check(CLI::Range(1, 1024))
+  app.add_option("--threads", pool.threads, "thread-pool workers")
+      ->check(CLI::Range(1, 1024))
       ->capture_default_str();
   app.add_option("--queue-capacity", pool.queueCapacity,
                  "thread pool: calls waiting for a worker; more are answered Overloaded")

@@ -46,8 +46,7 @@ class ZmqShared {
   void drop(std::atomic<uint64_t>& counter, std::string_view why) {
     const uint64_t n = counter.fetch_add(1, std::memory_order_relaxed) + 1;
     if (isLoggedOccurrence(n)) {
-      options_.log(LogLevel::kWarning, "zmq",
-                   std::string(why) + " (" + std::to_string(n) + " so far)");
+      options_.log(LogLevel::kWarning, "zmq", why, {{"count", std::to_string(n)}, {"url", url_}});
     }
   }
 };
@@ -219,16 +218,15 @@ class ZapHandler {
     auto refuse = [&](std::string why) {
       Verdict v;
       v.text = why;
-      std::string line = "refused a client";
-      if (!clientKey.empty()) line += " with key " + clientKey;
-      line +=
-          " from " + (address.empty() ? std::string("an unknown address") : address) + ": " + why;
       // Counted always, logged with back-off: a refused client retries at every reconnect.
       std::atomic<uint64_t>& counter = owner ? owner->authRefused_ : unknownRefused_;
       const uint64_t n = counter.fetch_add(1, std::memory_order_relaxed) + 1;
       if (isLoggedOccurrence(n)) {
         const LogSink log = owner ? owner->options_.log : stderrLogSink();
-        log(LogLevel::kWarning, "zap", line + " (" + std::to_string(n) + " so far)");
+        log(LogLevel::kWarning, "zap", "refused a client: " + why,
+            {{"client_key", clientKey.empty() ? "unknown" : clientKey},
+             {"address", address.empty() ? "unknown" : address},
+             {"count", std::to_string(n)}});
       }
       return v;
     };
@@ -502,7 +500,9 @@ class ZmqChannel final : public ClientChannel {
   Status connect(const std::string& curvePublicKey) {
     try {
       applySocketOptions(dealer_, shared_->options_);
-      dealer_.set(zmq::sockopt::immediate, 1);
+      // No ZMQ_IMMEDIATE: with it (libzmq 4.3), replies that arrived but were not read yet are
+      // discarded when the server closes the connection right after sending them (a draining
+      // server does). Without it, requests sent before the link is up wait in ZeroMQ's queue.
       if (const ZmqTransport::Options& o = shared_->options_; !o.curveServerKey.empty()) {
         dealer_.set(zmq::sockopt::curve_serverkey, o.curveServerKey);
         dealer_.set(zmq::sockopt::curve_publickey, curvePublicKey);
@@ -560,13 +560,15 @@ class ZmqChannel final : public ClientChannel {
       }
       Deadline next = kNoDeadline;
       try {
-        while (!pending.empty()) {
-          if (Clock::now() >= pending.front().deadline) {
-            shared_->drop(shared_->sendsExpired_, "request not sent before its deadline");
-            pending.pop_front();
-            continue;
-          }
-          if (!dealer_.send(zmq::buffer(pending.front().bytes), zmq::send_flags::dontwait)) break;
+        // Every expired message goes, wherever it waits (not only at the head: a poll timeout
+        // from a deadline already passed would spin).
+        const Deadline now = Clock::now();
+        const size_t expired = std::erase_if(pending, [&](const Outgoing& o) { return now >= o.deadline; });
+        for (size_t i = 0; i < expired; ++i) {
+          shared_->drop(shared_->sendsExpired_, "request not sent before its deadline");
+        }
+        while (!pending.empty() &&
+               dealer_.send(zmq::buffer(pending.front().bytes), zmq::send_flags::dontwait)) {
           pending.pop_front();
         }
         for (const Outgoing& o : pending) next = std::min(next, o.deadline);

@@ -71,7 +71,8 @@ Result<std::set<std::string>> readZ85KeyListFile(const std::string& path);
 // Routing over ZeroMQ is by URL: listen() binds this transport's URL whatever the Address's
 // topic and server (they travel in the messages), and every channel connects to it.
 // Socket rules: ROUTER_MANDATORY, non-blocking sends, bounded LINGER, MAXMSGSIZE, ZMTP
-// heartbeats; clients use IMMEDIATE and keep unsent requests until their deadline. A server
+// heartbeats; clients keep requests the socket did not take until their deadline (not
+// IMMEDIATE: see ZmqChannel::connect; before the link is up ZeroMQ queues them). A server
 // accepts a REQ peer's empty delimiter frame and mirrors it in the reply.
 // Link events (a channel opened with an `onLink` callback; tcp:// and ipc:// only, inproc://
 // reports nothing), from ZeroMQ's socket monitor, on the channel's I/O thread:

@@ -136,12 +136,12 @@ class LogCapture {
   struct Line {
     LogLevel level;
     std::string component;
-    std::string message;
+    std::string message;  // with its fields, as formatLogRecord writes them
   };
   LogSink sink() {
-    return [this](LogLevel level, std::string_view component, std::string_view message) {
+    return [this](const LogRecord& record) {
       std::lock_guard<std::mutex> lock(mutex_);
-      lines_.push_back({level, std::string(component), std::string(message)});
+      lines_.push_back({record.level, std::string(record.component), formatLogRecord(record)});
       cv_.notify_all();
     };
   }
