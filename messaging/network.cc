@@ -380,16 +380,8 @@ void NetworkCore::connectedLocked(int s, Effects& fx) {
   Server& server = servers_[s];
   server.state = ConnectionState::kConnected;
   emitLocked(NetworkEvent::Kind::kConnected, server.url, {});
-  if (!direct_) {
-    const uint64_t connection = server.connection;
-    scheduleLocked(now() + options_.pingInterval, [this, s, connection](Effects& fx2) {
-      if (servers_[s].connection == connection &&
-          servers_[s].state == ConnectionState::kConnected && !servers_[s].ping) {
-        sendPingLocked(s, fx2);
-      }
-    });
-  }
-  chooseMainLocked(fx);
+  if (!direct_) schedulePingLocked(s);
+  chooseMainLocked();
   if (main_ >= 0) dispatchWaitingLocked(fx);
 }
 
@@ -461,7 +453,7 @@ void NetworkCore::connectionDownLocked(int s, const std::string& why, bool dismi
       reap(s, connection, std::move(channel));
     }));
   } else {
-    closedLocked(s, connection, fx);
+    closedLocked(s, connection);
   }
 
   if (s == main_) {
@@ -469,23 +461,19 @@ void NetworkCore::connectionDownLocked(int s, const std::string& why, bool dismi
     mainFailed_ = true;
     emitLocked(NetworkEvent::Kind::kMainChanged, {}, "main server " + server.url + " failed");
   }
-  chooseMainLocked(fx);
+  chooseMainLocked();
   if (main_ >= 0) dispatchWaitingLocked(fx);
 }
 
 // Destroys a closed connection's channel (bounded by the transport's linger), then backs off.
 void NetworkCore::reap(int s, uint64_t connection, std::shared_ptr<ClientChannel> channel) {
   channel.reset();
-  Effects fx;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    closedLocked(s, connection, fx);
-  }
-  finish(fx);
+  std::lock_guard<std::mutex> lock(mutex_);
+  closedLocked(s, connection);
 }
 
 // A connection is closed: its server backs off, or rests when it is not wanted.
-void NetworkCore::closedLocked(int s, uint64_t connection, Effects&) {
+void NetworkCore::closedLocked(int s, uint64_t connection) {
   Server& server = servers_[s];
   if (stopped_ || server.connection != connection || server.state != ConnectionState::kClosing) {
     return;
@@ -519,7 +507,7 @@ Duration NetworkCore::backoffLocked(const Server& server) {
 // The main server: the wanted one once it is connected. With auto-connect, when the wanted one
 // is not connecting (it failed, or backs off), the first connected server instead: patience
 // with the wanted server while its attempt is in flight, failover only on failure.
-void NetworkCore::chooseMainLocked(Effects&) {
+void NetworkCore::chooseMainLocked() {
   if (main_ >= 0 || stopped_) return;
   int chosen = -1;
   if (servers_[wanted_].state == ConnectionState::kConnected) {
@@ -557,7 +545,7 @@ Status NetworkCore::switchTo(const std::string& url) {
     const bool hadMain = main_ >= 0;
     main_ = -1;
     startConnectionLocked(s, StartReason::kWanted, fx);
-    chooseMainLocked(fx);
+    chooseMainLocked();
     if (main_ >= 0) {
       dispatchWaitingLocked(fx);
     } else if (hadMain) {
@@ -828,18 +816,21 @@ void NetworkCore::onPingAnswerLocked(int s, bool handshake, const ResponseMessag
                          true, fx);
     return;
   }
-  if (!handshake) {
-    server.failures = 0;
-  }
   if (handshake) {
     connectedLocked(s, fx);
-    return;
+  } else {
+    server.failures = 0;  // a ping answered proves the server healthy again
+    schedulePingLocked(s);
   }
-  const uint64_t connection = server.connection;
-  scheduleLocked(now() + options_.pingInterval, [this, s, connection](Effects& fx2) {
+}
+
+// The next ping of `s`'s current connection, one interval from now.
+void NetworkCore::schedulePingLocked(int s) {
+  const uint64_t connection = servers_[s].connection;
+  scheduleLocked(now() + options_.pingInterval, [this, s, connection](Effects& fx) {
     if (servers_[s].connection == connection &&
         servers_[s].state == ConnectionState::kConnected && !servers_[s].ping) {
-      sendPingLocked(s, fx2);
+      sendPingLocked(s, fx);
     }
   });
 }

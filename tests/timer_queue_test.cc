@@ -61,7 +61,8 @@ TEST(ThreadTimerQueueTest, CancelWaitsForARunningTaskAndDestroysAPendingOne) {
     released.wait_for(testing::kDefaultWait);
     finished = true;
   });
-  started.get_future().wait();
+  std::future<void> runningNow = started.get_future();
+  ASSERT_TRUE(testing::readyWithin(runningNow));
   auto held = std::make_shared<int>(0);
   const TimerId pending = timers.schedule(timers.now() + 1h, [held] {});
   timers.cancel(pending);

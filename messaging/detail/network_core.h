@@ -117,11 +117,12 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
   uint32_t allocateIdLocked();
   void startConnectionLocked(int s, StartReason reason, Effects& fx);
   void sendPingLocked(int s, Effects& fx);
+  void schedulePingLocked(int s);
   void connectedLocked(int s, Effects& fx);
   void connectionDownLocked(int s, const std::string& why, bool dismiss, Effects& fx);
   void reap(int s, uint64_t connection, std::shared_ptr<ClientChannel> channel);
-  void closedLocked(int s, uint64_t connection, Effects& fx);
-  void chooseMainLocked(Effects& fx);
+  void closedLocked(int s, uint64_t connection);
+  void chooseMainLocked();
   int selectLocked();
   void sendLocked(uint32_t id, Pending& call, int s, Effects& fx);
   void dispatchWaitingLocked(Effects& fx);
