@@ -639,7 +639,8 @@ void NetworkCore::call(OutgoingCall outgoing, RawOutcome done) {
                    .deadline = outgoing.deadline,
                    .monitor = outgoing.monitor,
                    .idempotent = outgoing.idempotent,
-                   .sequence = nextSequence_++};
+                   .sequence = nextSequence_++,
+                   .started = now()};
       call.expiry = deadlines_.emplace(expiryOf(call), id);
       Pending& stored = pending_.emplace(id, std::move(call)).first->second;
       armExpiryLocked();
@@ -684,9 +685,15 @@ void NetworkCore::failLocked(uint32_t id, Status why, Effects& fx) {
   }
   if (why.code() == StatusCode::kPeerLost) peerLost_.fetch_add(1, std::memory_order_relaxed);
   if (why.code() == StatusCode::kTimeout) timeouts_.fetch_add(1, std::memory_order_relaxed);
+  recordOutcomeLocked(call, why.code());
   deadlines_.erase(call.expiry);
   fx.outcomes.emplace_back(std::move(call.done), std::move(why));
   pending_.erase(it);
+}
+
+void NetworkCore::recordOutcomeLocked(const Pending& call, StatusCode code) {
+  outcomes_[static_cast<size_t>(code)].fetch_add(1, std::memory_order_relaxed);
+  callLatency_.record(now() - call.started);
 }
 
 void NetworkCore::retireLocked(Server& server, uint32_t id) {
@@ -777,6 +784,7 @@ void NetworkCore::onReply(uint64_t connection, std::string bytes) {
         Pending& answered = call->second;
         if (server.inFlight > 0) --server.inFlight;
         deadlines_.erase(answered.expiry);
+        recordOutcomeLocked(answered, response->error.code());
         fx.outcomes.emplace_back(std::move(answered.done),
                                  response->error.isOk() ? Result<Value>(std::move(response->result))
                                                         : Result<Value>(std::move(response->error)));
@@ -878,6 +886,12 @@ Network::Stats NetworkCore::stats() const {
   s.dismissals = dismissals_.load();
   s.connectAttempts = connectAttempts_.load();
   s.pings = pingsSent_.load();
+  for (size_t code = 0; code < kStatusCodeCount; ++code) {
+    if (uint64_t n = outcomes_[code].load(); n != 0) {
+      s.outcomes.emplace(statusCodeName(static_cast<StatusCode>(code)), n);
+    }
+  }
+  s.latency = callLatency_.snapshot();
   return s;
 }
 

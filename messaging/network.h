@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "base/deadline.h"
+#include "base/histogram.h"
 #include "base/log.h"
 #include "base/status.h"
 #include "base/timer_queue.h"
@@ -141,6 +142,8 @@ class Network {
     uint64_t dismissals = 0;     // connections dropped for breaking the protocol
     uint64_t connectAttempts = 0;
     uint64_t pings = 0;          // application pings sent (handshakes included)
+    std::map<std::string, uint64_t> outcomes;  // calls ended, by statusCodeName ("Ok", ...)
+    HistogramSnapshot latency;  // from call() to the outcome, every outcome
   };
 
   // Keeps an event callback registered; release() (or the destructor) unregisters it and waits

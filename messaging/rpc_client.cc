@@ -234,6 +234,8 @@ RpcClient::Stats RpcClient::stats() const {
   s.heartbeats = n.heartbeats;
   s.lateReplies = n.lateReplies;
   s.badReplies = n.badReplies;
+  s.outcomes = n.outcomes;
+  s.latency = n.latency;
   return s;
 }
 

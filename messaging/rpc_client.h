@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -15,6 +16,7 @@
 #include <boost/thread/future.hpp>
 
 #include "base/deadline.h"
+#include "base/histogram.h"
 #include "base/log.h"
 #include "base/status.h"
 #include "messaging/dispatcher.h"
@@ -73,6 +75,8 @@ class RpcClient {
     uint64_t heartbeats = 0;    // call-in-progress heartbeats received
     uint64_t lateReplies = 0;   // replies for no call in flight (after its timeout)
     uint64_t badReplies = 0;    // replies that broke the protocol
+    std::map<std::string, uint64_t> outcomes;  // calls ended, by statusCodeName ("Ok", ...)
+    HistogramSnapshot latency;  // from the call to its outcome
   };
 
   // Receives a call's one outcome, on a transport thread, the client's timer thread or the

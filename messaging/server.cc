@@ -96,7 +96,7 @@ class ServerCore final : public TaskSource {
 
   // Sends the one answer of a call and forgets it.
   void finishCall(CallReply& call, Result<Value> outcome);
-  void dropped(std::string_view why);
+  void dropped(DropReason reason, std::string_view why);
   // Heartbeats for `call` every `every` until it is answered (timers of the executor).
   void scheduleHeartbeat(std::weak_ptr<CallReply> call, Duration every);
   void failedCast(const std::string& method, const Status& why);
@@ -126,6 +126,7 @@ class ServerCore final : public TaskSource {
   uint64_t epoch_ = 0;                 // guarded by epochMutex_: successful starts
   std::atomic<uint64_t> received_{0}, replied_{0}, failed_{0}, rejected_{0}, dropped_{0},
       cancelled_{0}, inFlight_{0};
+  std::array<std::atomic<uint64_t>, kDropReasonCount> dropsByReason_{};
 };
 
 // The one answer of one request. The first send() wins; later ones are ignored.
@@ -315,7 +316,7 @@ Status ServerCore::poll(Deadline deadline, std::vector<TaskPtr>& out) {
         failed_.fetch_add(1, std::memory_order_relaxed);
         if (message->reply(std::move(bytes))) replied_.fetch_add(1, std::memory_order_relaxed);
       } else {
-        dropped(error.status.message());
+        dropped(DropReason::kMalformed, error.status.message());
       }
       message->acknowledge();
       continue;
@@ -363,7 +364,7 @@ Status ServerCore::poll(Deadline deadline, std::vector<TaskPtr>& out) {
       }
       case MessageKind::kResponse:
       case MessageKind::kHeartbeat:
-        dropped("a server does not take responses or heartbeats");
+        dropped(DropReason::kNotForAServer, "a server does not take responses or heartbeats");
         message->acknowledge();
         break;
     }
@@ -391,7 +392,7 @@ void ServerCore::finishCall(CallReply& call, Result<Value> outcome) {
   if (Status sent = call.message_->reply(std::move(bytes)); sent) {
     replied_.fetch_add(1, std::memory_order_relaxed);
   } else {
-    dropped("reply not sent: " + sent.toString());
+    dropped(DropReason::kReplyNotSent, "reply not sent: " + sent.toString());
   }
   call.message_->acknowledge();
 }
@@ -408,19 +409,37 @@ void ServerCore::unregister(const std::string& key) {
   calls_.erase(key);
 }
 
-void ServerCore::dropped(std::string_view why) {
-  const uint64_t n = dropped_.fetch_add(1, std::memory_order_relaxed) + 1;
+void ServerCore::dropped(DropReason reason, std::string_view why) {
+  dropped_.fetch_add(1, std::memory_order_relaxed);
+  const uint64_t n =
+      dropsByReason_[static_cast<size_t>(reason)].fetch_add(1, std::memory_order_relaxed) + 1;
   if (isLoggedOccurrence(n)) {
     options_.log(LogLevel::kWarning, "server", "dropped a message: " + std::string(why),
-                 {{"dropped", std::to_string(n)}, {"server", target_.server}});
+                 {{"reason", std::string(dropReasonName(reason))},
+                  {"dropped", std::to_string(n)},
+                  {"server", target_.server}});
   }
 }
 
 void ServerCore::failedCast(const std::string& method, const Status& why) {
-  dropped("cast '" + method + "' failed: " + why.toString());
+  dropped(DropReason::kCastFailed, "cast '" + method + "' failed: " + why.toString());
 }
 
 }  // namespace detail
+
+std::string_view dropReasonName(DropReason reason) {
+  switch (reason) {
+    case DropReason::kMalformed:
+      return "malformed";
+    case DropReason::kNotForAServer:
+      return "not_for_a_server";
+    case DropReason::kReplyNotSent:
+      return "reply_not_sent";
+    case DropReason::kCastFailed:
+      return "cast_failed";
+  }
+  return "unknown";
+}
 
 MessageHandlingServer::MessageHandlingServer(Transport& transport, Target target,
                                              RpcDispatcher dispatcher,
@@ -487,6 +506,11 @@ MessageHandlingServer::Stats MessageHandlingServer::stats() const {
   s.rejected = core_->rejected_.load();
   s.dropped = core_->dropped_.load();
   s.cancelled = core_->cancelled_.load();
+  for (size_t i = 0; i < kDropReasonCount; ++i) {
+    if (uint64_t n = core_->dropsByReason_[i].load(); n != 0) {
+      s.drops[std::string(dropReasonName(static_cast<DropReason>(i)))] = n;
+    }
+  }
   s.inFlight = core_->inFlight_.load();
   core_->methods_.snapshot(s.methods);
   return s;

@@ -5,6 +5,8 @@
 #include <atomic>
 #include <cstdint>
 #include <map>
+#include <string>
+#include <string_view>
 #include <memory>
 
 #include "base/deadline.h"
@@ -23,6 +25,16 @@ namespace switchboard {
 namespace detail {
 class ServerCore;
 }
+
+// Why a message was taken from the transport and not answered.
+enum class DropReason {
+  kMalformed,      // undecodable, with no message id to answer
+  kNotForAServer,  // a response or heartbeat sent to a server
+  kReplyNotSent,   // the transport refused the answer (peer gone, high-water mark)
+  kCastFailed,     // a cast's handler failed or was refused (casts have no answer)
+};
+inline constexpr size_t kDropReasonCount = 4;
+std::string_view dropReasonName(DropReason reason);  // "malformed", "not_for_a_server", ...
 
 // Every server also answers two built-ins, whatever the access policy: "_health" -> "serving"
 // or "draining" (after stop()), and "_introspect" -> RpcDispatcher::introspect().
@@ -57,7 +69,8 @@ class MessageHandlingServer final {
     uint64_t replied = 0;        // replies sent (results and errors)
     uint64_t failed = 0;         // calls answered with an error
     uint64_t rejected = 0;       // calls refused by the executor (overload, shutdown)
-    uint64_t dropped = 0;        // messages that could not be answered (malformed, failed casts)
+    uint64_t dropped = 0;        // messages that could not be answered: the sum of `drops`
+    std::map<std::string, uint64_t> drops;  // by dropReasonName; reasons never seen are absent
     uint64_t cancelled = 0;      // cancel messages that found their call
     uint64_t inFlight = 0;       // calls taken and not answered yet
     // By method name; names the dispatcher does not know share one entry, "(unknown)".

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <map>
 #include <atomic>
 #include <memory>
 #include <optional>
@@ -392,6 +393,22 @@ TEST_F(NetworkTest, ALateReplyToAnExpiredCallOnALiveConnectionIsCountedNotAViola
   EXPECT_EQ(network_->stats().lateReplies, 1u);
   EXPECT_EQ(network_->stats().dismissals, 0u);
   EXPECT_EQ(stateOf(A), ConnectionState::kConnected);
+}
+
+TEST_F(NetworkTest, StatsCountEveryOutcomeByCodeWithItsLatencyOnTheNetworksClock) {
+  start(optionsFor({A}));
+  servers_.answerHealth(A);
+  call("slow", false, 1s);
+  timers_.advance(1s);  // times out
+  const size_t fast = call("fast");
+  timers_.advance(500ms);
+  answer(A, servers_.calls(A).at(1));
+  ASSERT_TRUE(outcomes_[fast].has_value());
+  const Network::Stats stats = network_->stats();
+  EXPECT_EQ(stats.outcomes, (std::map<std::string, uint64_t>{{"Ok", 1}, {"Timeout", 1}}));
+  EXPECT_EQ(stats.latency.count, 2u);
+  EXPECT_EQ(stats.latency.mean(), std::chrono::microseconds(750'000));
+  EXPECT_EQ(client_->stats().outcomes, stats.outcomes);
 }
 
 // Scenario 13.

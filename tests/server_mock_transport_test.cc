@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <deque>
 #include <future>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -362,6 +363,7 @@ TEST(ServerMockTransportTest, MalformedMessagesAreAnsweredOrDroppedAndServingGoe
   inbox.push(std::move(garbage));
   ASSERT_TRUE(readyWithin(garbageAcked));
   EXPECT_EQ(server.stats().dropped, droppedBefore + 1);  // counted before the acknowledge
+  EXPECT_EQ(server.stats().drops.at("malformed"), 1u);
 
   // And a good request after both is answered.
   auto good = incoming(encodeMessage(RequestMessage{8, "add", {20, 22}, {}}));
@@ -376,8 +378,10 @@ TEST(ServerMockTransportTest, MalformedMessagesAreAnsweredOrDroppedAndServingGoe
   EXPECT_EQ(stats.received, 3u);
   EXPECT_EQ(stats.replied, 2u);
   EXPECT_EQ(stats.failed, 1u);
-  EXPECT_GE(stats.dropped, 1u);
+  EXPECT_EQ(stats.dropped, 1u);
+  EXPECT_EQ(stats.drops, (std::map<std::string, uint64_t>{{"malformed", 1}}));
   EXPECT_THAT(log.dump(), ::testing::HasSubstr("dropped a message"));
+  EXPECT_THAT(log.dump(), ::testing::HasSubstr("reason=malformed"));
 }
 
 // ----- cancellation -----------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 // from the start and never handshaken, pinged or failed over (the transport routes).
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -97,6 +98,7 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
     std::optional<Duration> monitor;
     bool idempotent = false;
     uint64_t sequence = 0;    // call order
+    Deadline started{};       // when call() took it: the latency recorded with its outcome
     int server = -1;          // where it was sent; -1 while it waits for a main server
     uint64_t connection = 0;  // the connection it was sent on
     std::multimap<Deadline, uint32_t>::iterator expiry{};
@@ -110,6 +112,8 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
   enum class StartReason { kWanted, kRetryTimer };
 
   void finish(Effects& fx);
+  // Counts a call's outcome and records its latency; every ended call passes here once.
+  void recordOutcomeLocked(const Pending& call, StatusCode code);
   void deliverEvents();
   void emitLocked(NetworkEvent::Kind kind, const std::string& server, std::string detail);
   TimerId scheduleLocked(Deadline at, std::function<void(Effects&)> task);
@@ -174,6 +178,8 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
   std::atomic<uint64_t> calls_{0}, replayed_{0}, failovers_{0}, timeouts_{0}, peerLost_{0},
       heartbeats_{0}, lateReplies_{0}, badReplies_{0}, dismissals_{0}, connectAttempts_{0},
       pingsSent_{0};
+  std::array<std::atomic<uint64_t>, kStatusCodeCount> outcomes_{};  // calls ended, by code
+  LatencyHistogram callLatency_;  // call() to outcome, every outcome
 };
 
 }  // namespace switchboard::detail
