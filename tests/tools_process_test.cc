@@ -50,6 +50,29 @@ CommandResult run(const std::string& command) {
   return r;
 }
 
+// A fresh directory under the system's temporary directory, removed with what it holds.
+class TempDir {
+ public:
+  TempDir() : path_((std::filesystem::temp_directory_path() / "switchboard-XXXXXX").string()) {
+    if (::mkdtemp(path_.data()) == nullptr) ADD_FAILURE() << "mkdtemp failed: errno " << errno;
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+std::string readFile(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
 class ToolsProcessTest : public ::testing::TestWithParam<std::string> {
  protected:
   std::string call(const std::string& url, const std::string& args) {
@@ -168,6 +191,30 @@ TEST_P(ToolsProcessTest, SurvivesHostileInputWithBoundedMemory) {
   EXPECT_EQ(server.terminate(), 0);
 }
 
+// The stats written at exit count every call by method and outcome, and drops by reason.
+TEST_P(ToolsProcessTest, StatsFileHoldsCallsByMethodAndOutcomeAndDropsByReasonAtExit) {
+  TempDir temp;
+  const std::string statsFile = temp.path() + "/stats.json";
+  ServerProcess server(GetParam(), "tcp://127.0.0.1:0",
+                       {"--stats-file", statsFile, "--log-level", "warning"});
+  ASSERT_FALSE(server.url().empty());
+  EXPECT_EQ(run(call(server.url(), "echo 1")).exitCode, 0);
+  EXPECT_EQ(run(call(server.url(), "echo 2")).exitCode, 0);
+  EXPECT_EQ(run(call(server.url(), "fail '\"x\"' 2>/dev/null")).exitCode, 4);
+  zmq::context_t context;
+  zmq::socket_t dealer = dealerTo(context, server.url());
+  dealer.send(zmq::buffer(std::string("\xc1", 1)));  // no msgid to answer: dropped
+  dealer.send(zmq::buffer(encodeMessage(RequestMessage{1, "echo", {1}, {}})));
+  zmq::message_t reply;
+  ASSERT_TRUE(dealer.recv(reply).has_value());  // the drop was counted before this answer
+  EXPECT_EQ(server.terminate(), 0);
+  const std::string stats = readFile(statsFile);
+  EXPECT_NE(stats.find(R"("echo":{"outcomes":{"Ok":3})"), std::string::npos) << stats;
+  EXPECT_NE(stats.find(R"("fail":{"outcomes":{"RemoteError":1})"), std::string::npos) << stats;
+  EXPECT_NE(stats.find(R"("drops":{"malformed":1})"), std::string::npos) << stats;
+  EXPECT_NE(stats.find(R"("in_flight":0)"), std::string::npos) << stats;
+}
+
 TEST_P(ToolsProcessTest, PythonClientWrittenFromTheProtocolDoc) {
   const std::string script =
       std::string(SWITCHBOARD_SOURCE_ROOT) + "/tests/interop/zmq_client.py";
@@ -184,15 +231,8 @@ INSTANTIATE_TEST_SUITE_P(Executors, ToolsProcessTest,
 
 // keygen makes the keys, the server admits the allow-listed client only.
 TEST(ToolsCurveProcessTest, KeygenServerAndCallWithKeys) {
-  std::string dir = (std::filesystem::temp_directory_path() / "switchboard-keys-XXXXXX").string();
-  ASSERT_NE(::mkdtemp(dir.data()), nullptr);
-  struct Cleanup {
-    std::string dir;
-    ~Cleanup() {
-      std::error_code ignored;
-      std::filesystem::remove_all(dir, ignored);
-    }
-  } cleanup{dir};
+  TempDir temp;
+  const std::string& dir = temp.path();
   const std::string keygen = envOr("SWITCHBOARD_KEYGEN", "switchboard-keygen");
   for (const char* name : {"server", "client", "stranger"}) {
     auto r = run(keygen + " " + dir + "/" + name);

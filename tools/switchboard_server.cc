@@ -1,16 +1,23 @@
 // switchboard-server: the sample RPC server. Serves the sample service on one URL with the
-// chosen executor; SIGINT/SIGTERM stop it, drain in-flight calls and exit 0.
+// chosen executor; SIGINT/SIGTERM stop it, drain in-flight calls and exit 0. Logs through
+// spdlog to stderr; its stats go to the log and/or a file every --stats-interval-ms and at exit.
 #include <unistd.h>
 
+#include <condition_variable>
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <string>
 #include <thread>
 
 #include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
 
 #include "executors/blocking_executor.h"
 #include "executors/event_loop_executor.h"
@@ -31,6 +38,80 @@ std::unique_ptr<Executor> makeExecutor(const std::string& kind,
   return std::make_unique<ThreadPoolExecutor>(pool);
 }
 
+spdlog::level::level_enum spdlogLevel(LogLevel level) {
+  switch (level) {
+    case LogLevel::kDebug:
+      return spdlog::level::debug;
+    case LogLevel::kInfo:
+      return spdlog::level::info;
+    case LogLevel::kWarning:
+      return spdlog::level::warn;
+    case LogLevel::kError:
+      return spdlog::level::err;
+  }
+  return spdlog::level::err;
+}
+
+// Switchboard's records as "[component] message (key=value, ...)" lines of `logger`.
+LogSink spdlogSink(std::shared_ptr<spdlog::logger> logger) {
+  return [logger = std::move(logger)](const LogRecord& record) {
+    const spdlog::level::level_enum level = spdlogLevel(record.level);
+    if (logger->should_log(level)) {
+      logger->log(level, "[{}] {}", record.component, formatLogRecord(record));
+    }
+  };
+}
+
+Value latencyValue(const HistogramSnapshot& h) {
+  return Map{{"count", h.count},
+             {"mean_us", h.mean().count()},
+             {"p50_us", h.percentile(0.5).count()},
+             {"p99_us", h.percentile(0.99).count()},
+             {"max_us", h.percentile(1.0).count()}};
+}
+
+Value countsValue(const std::map<std::string, uint64_t>& counts) {
+  Map out;
+  for (const auto& [name, n] : counts) out.emplace_back(name, n);
+  return out;
+}
+
+// One JSON object: the server's counters, per-method outcomes and latency, and the ZeroMQ
+// transport's counters when it is one.
+std::string statsJson(const MessageHandlingServer::Stats& s, const ZmqTransport* zmq) {
+  Map methods;
+  for (const auto& [name, m] : s.methods) {
+    if (m.latency.count == 0 && m.outcomes.empty()) continue;
+    methods.emplace_back(name, Map{{"outcomes", countsValue(m.outcomes)},
+                                   {"latency", latencyValue(m.latency)}});
+  }
+  Map out{{"received", s.received},   {"replied", s.replied},
+          {"failed", s.failed},       {"rejected", s.rejected},
+          {"dropped", s.dropped},     {"drops", countsValue(s.drops)},
+          {"cancelled", s.cancelled}, {"in_flight", s.inFlight},
+          {"methods", std::move(methods)}};
+  if (zmq) {
+    const ZmqTransport::Stats t = zmq->stats();
+    out.emplace_back("transport", Map{{"received", t.received},
+                                      {"malformed_dropped", t.malformedDropped},
+                                      {"replies_sent", t.repliesSent},
+                                      {"replies_dropped", t.repliesDropped},
+                                      {"auth_refused", t.authRefused}});
+  }
+  return Value(std::move(out)).toJson();
+}
+
+// Writes `json` to `path` through a temporary file and a rename, so readers never see half.
+void writeStatsFile(const std::string& path, const std::string& json) {
+  const std::string temporary = path + ".tmp";
+  {
+    std::ofstream file(temporary, std::ios::trunc);
+    file << json << "\n";
+  }
+  std::error_code error;
+  std::filesystem::rename(temporary, path, error);
+}
+
 std::string hostName() {
   char name[256] = {};
   return ::gethostname(name, sizeof name - 1) == 0 ? std::string(name) : std::string("server");
@@ -48,6 +129,9 @@ int main(int argc, char** argv) {
   int drainSeconds = 30;
   std::string curveSecretFile;
   std::string allowClientsFile;
+  std::string logLevel = "info";
+  int statsIntervalMs = 0;
+  std::string statsFile;
   app.add_option("--listen", listen, "URL to serve on (tcp://, ipc://, inproc://, memory://)")
       ->capture_default_str();
   app.add_option("--executor", executorKind, "threadpool, blocking or eventloop")
@@ -76,7 +160,22 @@ int main(int argc, char** argv) {
                      "CURVE: the clients admitted, one Z85 public key per line ('#' comments)");
   curveSecret->needs(allowClients);
   allowClients->needs(curveSecret);
+  app.add_option("--log-level", logLevel, "debug, info, warning or error (to stderr)")
+      ->check(CLI::IsMember({"debug", "info", "warning", "error"}))
+      ->capture_default_str();
+  app.add_option("--stats-interval-ms", statsIntervalMs,
+                 "log the stats as one JSON line (and write --stats-file) this often; 0: at exit "
+                 "only")
+      ->check(CLI::Range(0, 3600 * 1000))
+      ->capture_default_str();
+  app.add_option("--stats-file", statsFile,
+                 "write the latest stats as JSON to this file (replaced atomically)");
   CLI11_PARSE(app, argc, argv);
+
+  auto logger = spdlog::stderr_logger_mt("switchboard-server");
+  logger->set_level(spdlog::level::from_str(logLevel == "warning" ? "warn" : logLevel));
+  logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  const LogSink log = spdlogSink(logger);
 
   ZmqTransport::Options zmqOptions;
   if (!curveSecretFile.empty()) {
@@ -103,6 +202,7 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  zmqOptions.log = log;
   TransportFactory factory;
   Result<std::unique_ptr<Transport>> transport = factory.makeTransport(listen, zmqOptions);
   if (!transport) {
@@ -112,14 +212,35 @@ int main(int argc, char** argv) {
   Target target;
   target.topic = topic;
   target.server = name;
+  MessageHandlingServer::Options serverOptions;
+  serverOptions.log = log;
   MessageHandlingServer server(**transport, target, RpcDispatcher({tools::sampleEndpoint()}),
-                               makeExecutor(executorKind, pool));
+                               makeExecutor(executorKind, pool), serverOptions);
   if (Status started = server.start(); !started) {
     std::cerr << "switchboard-server: " << started << "\n";
     return 1;
   }
   auto* zmq = dynamic_cast<ZmqTransport*>(transport->get());
   std::cout << "listening on " << (zmq ? zmq->boundEndpoint() : listen) << std::endl;
+  logger->info("serving topic {} as {} on {} with the {} executor", topic, name,
+               zmq ? zmq->boundEndpoint() : listen, executorKind);
+
+  const auto reportStats = [&] {
+    const std::string json = statsJson(server.stats(), zmq);
+    logger->info("stats {}", json);
+    if (!statsFile.empty()) writeStatsFile(statsFile, json);
+  };
+  std::mutex reporterMutex;
+  std::condition_variable reporterWake;
+  bool serving = true;  // guarded by reporterMutex
+  std::thread statsReporter([&] {
+    if (statsIntervalMs == 0) return;
+    std::unique_lock<std::mutex> lock(reporterMutex);
+    while (!reporterWake.wait_for(lock, std::chrono::milliseconds(statsIntervalMs),
+                                  [&] { return !serving; })) {
+      reportStats();
+    }
+  });
 
   std::thread signalWaiter([&] {
     int received = 0;
@@ -133,8 +254,16 @@ int main(int argc, char** argv) {
     }
   }
   signalWaiter.join();  // returns once a signal stopped the server
-  if (Status s = server.wait(deadlineAfter(std::chrono::seconds(drainSeconds))); !s) {
-    std::cerr << "switchboard-server: " << s << "\n";
+  const Status drained = server.wait(deadlineAfter(std::chrono::seconds(drainSeconds)));
+  {
+    std::lock_guard<std::mutex> lock(reporterMutex);
+    serving = false;
+  }
+  reporterWake.notify_all();
+  statsReporter.join();
+  reportStats();
+  if (!drained) {
+    std::cerr << "switchboard-server: " << drained << "\n";
     return 1;
   }
   return 0;

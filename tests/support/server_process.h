@@ -162,9 +162,10 @@ class ServerProcess {
  public:
   explicit ServerProcess(const std::string& executor)
       : ServerProcess(executor, "tcp://127.0.0.1:0") {}
-  ServerProcess(const std::string& executor, const std::string& listenUrl)
-      : child_({envOr("SWITCHBOARD_SERVER", "switchboard-server"), "--listen", listenUrl,
-                "--executor", executor}) {
+  // `extraArgs` go after --listen and --executor.
+  ServerProcess(const std::string& executor, const std::string& listenUrl,
+                const std::vector<std::string>& extraArgs = {})
+      : child_(argvOf(executor, listenUrl, extraArgs)) {
     // The first line is "listening on URL"; readLine returns at once if the child dies (EOF).
     const std::string prefix = "listening on ";
     std::optional<std::string> line = child_.readLine(deadlineAfter(kDefaultWait));
@@ -207,6 +208,13 @@ class ServerProcess {
   }
 
  private:
+  static std::vector<std::string> argvOf(const std::string& executor, const std::string& listenUrl,
+                                         const std::vector<std::string>& extraArgs) {
+    std::vector<std::string> argv{envOr("SWITCHBOARD_SERVER", "switchboard-server"), "--listen",
+                                  listenUrl, "--executor", executor};
+    argv.insert(argv.end(), extraArgs.begin(), extraArgs.end());
+    return argv;
+  }
   ChildProcess child_;
   std::string url_;
 };
