@@ -1,19 +1,14 @@
 // Fault injection on tcp loopback (kill, stop, restart, relay delay/blackhole, overload, shutdown
 // under load); each case checks one outcome per call and records its figures as XML properties.
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
-#include <cstdio>
 #include <functional>
-#include <iostream>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -25,6 +20,7 @@
 #include "messaging/network.h"
 #include "messaging/rpc_client.h"
 #include "messaging/server.h"
+#include "tests/support/figures.h"
 #include "tests/support/server_process.h"
 #include "tests/support/tcp_relay.h"
 #include "tests/support/test_util.h"
@@ -38,17 +34,12 @@ using namespace std::chrono_literals;
 using testing::ChildProcess;
 using testing::envOr;
 using testing::Events;
+using testing::Figures;
+using testing::freeTcpUrl;
 using testing::LogCapture;
+using testing::ms1;
 using testing::ServerProcess;
 using testing::TcpRelay;
-
-double msOf(Duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
-
-std::string ms1(Duration d) {  // "12.3"
-  char text[32];
-  std::snprintf(text, sizeof text, "%.1f", msOf(d));
-  return text;
-}
 
 // The 99th percentile (nearest rank) of `samples`; zero when there are none.
 Duration p99(std::vector<Duration> samples) {
@@ -68,22 +59,6 @@ Duration processCpuTime() {
   ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
   return std::chrono::duration_cast<Duration>(std::chrono::seconds(ts.tv_sec) +
                                               std::chrono::nanoseconds(ts.tv_nsec));
-}
-
-// A loopback tcp URL nobody listens on now: a port the kernel just handed out and took back.
-std::string freeTcpUrl() {
-  const int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  int port = 0;
-  if (s >= 0 && ::bind(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
-      ::getsockname(s, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  if (s >= 0) ::close(s);
-  return "tcp://127.0.0.1:" + std::to_string(port);
 }
 
 Target target() { return Target{.topic = "switchboard"}; }
@@ -238,28 +213,10 @@ class EventLog {
   std::vector<Timed> events_;  // guarded by mutex_
 };
 
-// The figures of a case: each is a gtest XML property, and the whole goes to stdout as one
-// line ("faults <case>: k=v k=v").
-class Figures {
- public:
-  explicit Figures(std::string name) : name_(std::move(name)) {}
-  ~Figures() { std::cout << "faults " << name_ << ":" << line_ << std::endl; }
-  void add(const std::string& key, const std::string& value) {
-    ::testing::Test::RecordProperty(key, value);
-    line_ += " " + key + "=" + value;
-  }
-  void add(const std::string& key, int64_t value) { add(key, std::to_string(value)); }
-  void add(const std::string& key, Duration value) { add(key + "_ms", ms1(value)); }
-
- private:
-  const std::string name_;
-  std::string line_;
-};
-
 // Case 1, direct: a call in flight when its server is SIGKILLed ends kTimeout at its deadline
 // (a direct client has no link events) and never hangs.
 TEST(FaultsTest, ServerKilledMidCallDirectCallerTimesOut) {
-  Figures figures("server_killed_direct");
+  Figures figures("faults", "server_killed_direct");
   ServerProcess server("threadpool");
   ASSERT_FALSE(server.url().empty()) << "the server did not print its endpoint";
   TransportFactory factory;
@@ -295,7 +252,7 @@ TEST(FaultsTest, ServerKilledMidCallDirectCallerTimesOut) {
 // Case 1, network: SIGKILL of the main server with calls in flight. The link event ends them at
 // once: the idempotent ones are replayed on B and succeed, the others fail kPeerLost promptly.
 TEST(FaultsTest, ServerKilledMidCallNetworkFailsOver) {
-  Figures figures("server_killed_network");
+  Figures figures("faults", "server_killed_network");
   ServerProcess a("threadpool");
   ServerProcess b("threadpool");
   ASSERT_FALSE(a.url().empty());
@@ -362,7 +319,7 @@ TEST(FaultsTest, ServerKilledMidCallNetworkFailsOver) {
 // server answers them anyway, and those late replies are dropped and counted, never given to a
 // later call (each later call gets its own payload back).
 TEST(FaultsTest, ServerStoppedThenResumedLateRepliesAreDroppedAndCounted) {
-  Figures figures("server_stopped_resumed");
+  Figures figures("faults", "server_stopped_resumed");
   // One loop thread answering in order: the stale replies come back before the fresh ones.
   ServerProcess server("eventloop");
   ASSERT_FALSE(server.url().empty());
@@ -418,7 +375,7 @@ TEST(FaultsTest, ServerStoppedThenResumedLateRepliesAreDroppedAndCounted) {
 // and the network fails over to B (direct); back to pass, A is connected again after its
 // back-off.
 TEST(FaultsTest, BlackholedConnectionIsFoundByItsPingThenReconnects) {
-  Figures figures("blackhole");
+  Figures figures("faults", "blackhole");
   ServerProcess a("threadpool");
   ServerProcess b("threadpool");
   ASSERT_FALSE(a.url().empty());
@@ -487,7 +444,7 @@ TEST(FaultsTest, BlackholedConnectionIsFoundByItsPingThenReconnects) {
 // it at once (pings too slow to matter) and the network fails over to B; back to pass, A is
 // connected again. Once everything is destroyed, no descriptor is left.
 TEST(FaultsTest, ResetConnectionIsSeenAtOnceThenReconnects) {
-  Figures figures("reset");
+  Figures figures("faults", "reset");
   ServerProcess a("threadpool");
   ServerProcess b("threadpool");
   ASSERT_FALSE(a.url().empty());
@@ -557,7 +514,7 @@ TEST(FaultsTest, ResetConnectionIsSeenAtOnceThenReconnects) {
 // direct client and a network client both get answers again, within a bounded number of short
 // calls.
 TEST(FaultsTest, ServerRestartedOnTheSameEndpointIsUsedAgain) {
-  Figures figures("server_restarted");
+  Figures figures("faults", "server_restarted");
   const std::string url = freeTcpUrl();
   std::optional<ServerProcess> server(std::in_place, "threadpool", url);
   ASSERT_EQ(server->url(), url);
@@ -690,7 +647,7 @@ class SlowConsumerTest : public ::testing::Test {
 // could not be sent before its deadline is dropped and counted (sendsExpired; the casts keep
 // 5 s). Then the relay passes again and a call gets through.
 TEST_F(SlowConsumerTest, SlowConsumerBehindADelayingRelayNeverBlocksTheClient) {
-  Figures figures("slow_consumer");
+  Figures figures("faults", "slow_consumer");
   constexpr size_t kCalls = 60;
   constexpr size_t kCasts = 200;
   constexpr size_t kBytes = 64 << 10;
@@ -763,7 +720,7 @@ TEST_F(SlowConsumerTest, ClientDoesNotSpinWhileAnExpiredMessageWaitsBehindTheHea
 // (`sleep` defers its reply, so it holds the worker only while it starts: the limit admits
 // what arrives while the worker is free, and a burst that arrives together is cut to that.)
 TEST(FaultsTest, OverloadedServerRejectsTheExcessAtOnce) {
-  Figures figures("overload");
+  Figures figures("faults", "overload");
   ChildProcess child({envOr("SWITCHBOARD_SERVER", "switchboard-server"), "--listen",
                       "tcp://127.0.0.1:0", "--threads", "1", "--queue-capacity", "1",
                       "--max-in-flight", "1"});
@@ -888,7 +845,7 @@ void shutDownUnderLoad(size_t held, size_t late, int64_t holdMs, ShutdownRun& ru
 // took (the held ones ok, those that come during the drain kShuttingDown) and every call gets
 // exactly one outcome, and no reply written before the listener closed is lost on the client.
 TEST(FaultsTest, ShutdownUnderLoadAnswersEveryCallOnce) {
-  Figures figures("shutdown_under_load");
+  Figures figures("faults", "shutdown_under_load");
   constexpr size_t kHeld = 100;
   constexpr size_t kLate = 10;
   constexpr int64_t kHoldMs = 500;

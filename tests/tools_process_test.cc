@@ -31,6 +31,7 @@ using detail::ResponseMessage;
 using testing::ChildProcess;
 using testing::envOr;
 using testing::ServerProcess;
+using testing::TempDir;
 
 struct CommandResult {
   int exitCode = -1;
@@ -49,24 +50,6 @@ CommandResult run(const std::string& command) {
   r.exitCode = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
 }
-
-// A fresh directory under the system's temporary directory, removed with what it holds.
-class TempDir {
- public:
-  TempDir() : path_((std::filesystem::temp_directory_path() / "switchboard-XXXXXX").string()) {
-    if (::mkdtemp(path_.data()) == nullptr) ADD_FAILURE() << "mkdtemp failed: errno " << errno;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 std::string readFile(const std::string& path) {
   std::ifstream in(path);

@@ -2,7 +2,11 @@
 // so a blocking, event-loop or pool executor keeps serving while it waits.
 #include "tools/sample_service.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <memory>
 
 #include "executors/executor.h"
@@ -38,7 +42,7 @@ void sleepStep(Executor* executor, std::shared_ptr<DeferredReply> reply,
 
 }  // namespace
 
-Endpoint sampleEndpoint() {
+Endpoint sampleEndpoint(int journalFd) {
   Endpoint ep;
   ep.method("echo", [](Value x) { return x; }, {"x"});
   ep.method("add", [](Value a, Value b) -> Result<Value> {
@@ -60,6 +64,19 @@ Endpoint sampleEndpoint() {
   }, {"ms"});
   ep.method("fail", [](std::string message) -> Value { throw SampleFailure(message); },
             {"message"});
+  if (journalFd >= 0) {
+    ep.method("record", [journalFd](std::string token) -> Result<std::string> {
+      if (token.empty() || token.find('\n') != std::string::npos) {
+        return Status(StatusCode::kBadArguments, "record: the token must be one non-empty line");
+      }
+      const std::string line = token + "\n";
+      if (::write(journalFd, line.data(), line.size()) != static_cast<ssize_t>(line.size())) {
+        throw std::runtime_error(std::string("record: journal write failed: ") +
+                                 std::strerror(errno));
+      }
+      return token;
+    }, {"token"});
+  }
   return ep;
 }
 

@@ -1,5 +1,6 @@
 // The sample service that switchboard-server serves: echo, add, sleep (honours cancellation
-// and never blocks an executor thread) and fail (raises a remote error).
+// and never blocks an executor thread), fail (raises a remote error) and, given a journal,
+// record (appends its token to the journal: tests count executions across kills with it).
 #pragma once
 
 #include "messaging/endpoint.h"
@@ -11,6 +12,8 @@ struct SampleFailure : std::runtime_error {
   explicit SampleFailure(const std::string& message) : std::runtime_error(message) {}
 };
 
-Endpoint sampleEndpoint();
+// `journalFd`: a descriptor opened O_APPEND, borrowed; -1 leaves `record` out. record(token)
+// writes "token\n" with one write(2) before it answers, so the line survives a SIGKILL after it.
+Endpoint sampleEndpoint(int journalFd = -1);
 
 }  // namespace switchboard::tools

@@ -1,9 +1,12 @@
 // switchboard-server: the sample RPC server. Serves the sample service on one URL with the
 // chosen executor; SIGINT/SIGTERM stop it, drain in-flight calls and exit 0. Logs through
 // spdlog to stderr; its stats go to the log and/or a file every --stats-interval-ms and at exit.
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <condition_variable>
+#include <cstring>
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -132,6 +135,7 @@ int main(int argc, char** argv) {
   std::string logLevel = "info";
   int statsIntervalMs = 0;
   std::string statsFile;
+  std::string journalFile;
   app.add_option("--listen", listen, "URL to serve on (tcp://, ipc://, inproc://, memory://)")
       ->capture_default_str();
   app.add_option("--executor", executorKind, "threadpool, blocking or eventloop")
@@ -170,6 +174,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--stats-file", statsFile,
                  "write the latest stats as JSON to this file (replaced atomically)");
+  app.add_option("--journal", journalFile,
+                 "serve record(token), appending each token as a line to this file");
   CLI11_PARSE(app, argc, argv);
 
   auto logger = spdlog::stderr_logger_mt("switchboard-server");
@@ -202,6 +208,16 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  int journalFd = -1;
+  if (!journalFile.empty()) {
+    journalFd = ::open(journalFile.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (journalFd < 0) {
+      std::cerr << "switchboard-server: cannot open the journal " << journalFile << ": "
+                << std::strerror(errno) << "\n";
+      return 2;
+    }
+  }
+
   zmqOptions.log = log;
   TransportFactory factory;
   Result<std::unique_ptr<Transport>> transport = factory.makeTransport(listen, zmqOptions);
@@ -214,7 +230,7 @@ int main(int argc, char** argv) {
   target.server = name;
   MessageHandlingServer::Options serverOptions;
   serverOptions.log = log;
-  MessageHandlingServer server(**transport, target, RpcDispatcher({tools::sampleEndpoint()}),
+  MessageHandlingServer server(**transport, target, RpcDispatcher({tools::sampleEndpoint(journalFd)}),
                                makeExecutor(executorKind, pool), serverOptions);
   if (Status started = server.start(); !started) {
     std::cerr << "switchboard-server: " << started << "\n";

@@ -2,9 +2,12 @@
 // line with deadlines) and ServerProcess (a switchboard-server child). Header-only.
 #pragma once
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -13,9 +16,11 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <optional>
 #include <string>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -29,6 +34,40 @@ inline std::string envOr(const char* name, const std::string& fallback) {
   const char* v = std::getenv(name);
   return v ? std::string(v) : fallback;
 }
+
+// A loopback tcp URL nobody listens on now: a port the kernel just handed out and took back.
+inline std::string freeTcpUrl() {
+  const int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  int port = 0;
+  if (s >= 0 && ::bind(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
+      ::getsockname(s, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  if (s >= 0) ::close(s);
+  return "tcp://127.0.0.1:" + std::to_string(port);
+}
+
+// A fresh directory under the system's temporary directory, removed with what it holds.
+class TempDir {
+ public:
+  TempDir() : path_((std::filesystem::temp_directory_path() / "switchboard-XXXXXX").string()) {
+    if (::mkdtemp(path_.data()) == nullptr) ADD_FAILURE() << "mkdtemp failed: errno " << errno;
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
 
 // A child running argv[0] (a path) with its stdout on a pipe to this process and its stderr
 // shared with this one. Every wait takes a deadline: reads poll the pipe, exits poll a pidfd.
