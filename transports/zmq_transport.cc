@@ -1,5 +1,6 @@
 // ZmqTransport: ROUTER listeners polled by the executor's receiving thread, DEALER channels with
-// an I/O thread each; an eventfd wakes a poll for interrupts and replies from other threads.
+// an I/O thread each. Replies and requests are sent on the thread that makes them, under the
+// socket's mutex; the receiving thread sleeps on ZMQ_FD and an eventfd (see isReadable).
 // Also the context's ZAP handler for CURVE listeners, and the CURVE key helpers.
 #include "transports/zmq_transport.h"
 
@@ -280,7 +281,17 @@ long pollTimeoutMs(Deadline deadline) {
   return ms > 3600 * 1000 ? 3600 * 1000 : static_cast<long>(ms);
 }
 
-// The ROUTER of one listener, shared with the messages it took so they can reply.
+// True when `socket` has a message to read. Reading ZMQ_EVENTS also resets the socket's ZMQ_FD,
+// which signals only changes: a thread that used the socket must look here before it (or
+// another) sleeps on that descriptor.
+bool isReadable(zmq::socket_t& socket) {
+  return (socket.get(zmq::sockopt::events) & ZMQ_POLLIN) != 0;
+}
+
+// The ROUTER of one listener, shared with the messages it took so they can reply. Used under
+// mutex_ in turn by the polling thread (receives) and by any thread that replies (sends at once:
+// no hand-off to the polling thread). The polling thread sleeps on the socket's ZMQ_FD without
+// the mutex; a reply that consumed the signal of a message now readable wakes it.
 class ZmqListenerCore {
  public:
   // `zapDomain`: the domain a CURVE listener registered with the ZAP handler, released on close
@@ -297,26 +308,19 @@ class ZmqListenerCore {
 
   bool isCurve() const { return !zapDomain_.empty(); }
 
-  // Sends now when called on the polling thread, else queues for it and wakes it.
-  Status reply(const std::vector<std::string>& routing, std::string body) {
+  // Sends on the calling thread.
+  Status reply(const std::vector<std::string>& routing, const std::string& body) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (closed_) {
       shared_->drop(shared_->repliesDropped_, "reply after the listener closed");
       return Status::ok();
     }
-    if (owner_.load(std::memory_order_relaxed) == std::this_thread::get_id()) {
-      sendLocked(routing, body);
-      return Status::ok();
+    sendLocked(routing, body);
+    try {
+      if (isReadable(router_)) waker_.wake();
+    } catch (const zmq::error_t&) {
     }
-    outbox_.push_back({routing, std::move(body)});
-    waker_.wake();
     return Status::ok();
-  }
-
-  void flush() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (auto& [routing, body] : outbox_) sendLocked(routing, body);
-    outbox_.clear();
   }
 
   void sendLocked(const std::vector<std::string>& routing, const std::string& body) {
@@ -343,10 +347,6 @@ class ZmqListenerCore {
       std::lock_guard<std::mutex> lock(mutex_);
       if (closed_) return;
       closed_ = true;
-      if (!outbox_.empty()) {
-        for (auto& [routing, body] : outbox_) sendLocked(routing, body);
-        outbox_.clear();
-      }
       router_.close();
     }
     if (!zapDomain_.empty()) shared_->zap_.release(zapDomain_);
@@ -354,16 +354,11 @@ class ZmqListenerCore {
 
   std::shared_ptr<ZmqShared> shared_;
   const std::string zapDomain_;
-  zmq::socket_t router_;  // used by the polling thread; by reply() under mutex_
-  Waker waker_;
-  std::atomic<std::thread::id> owner_;
-  std::atomic<bool> interrupted_{false};
-
- private:
   std::mutex mutex_;
-  bool closed_ = false;  // guarded by mutex_
-  // guarded by mutex_: replies from other threads, sent by the polling thread
-  std::vector<std::pair<std::vector<std::string>, std::string>> outbox_;
+  zmq::socket_t router_;  // guarded by mutex_ once listening
+  bool closed_ = false;   // guarded by mutex_
+  Waker waker_;
+  std::atomic<bool> interrupted_{false};
 };
 
 class ZmqIncoming final : public IncomingMessage {
@@ -382,7 +377,7 @@ class ZmqIncoming final : public IncomingMessage {
     }
   }
   const std::string& body() const override { return body_; }
-  Status reply(std::string bytes) override { return core_->reply(routing_, std::move(bytes)); }
+  Status reply(std::string bytes) override { return core_->reply(routing_, bytes); }
   void acknowledge() override {}
   std::string_view peer() const override { return peer_; }
   std::string_view identity() const override { return identity_; }
@@ -401,14 +396,21 @@ class ZmqListener final : public Listener {
   ~ZmqListener() override { close(); }
 
   Status poll(Deadline deadline, size_t maxBatch, std::vector<IncomingPtr>& out) override {
-    core_->owner_.store(std::this_thread::get_id(), std::memory_order_relaxed);
     if (maxBatch == 0) return Status::ok();
     for (;;) {
-      core_->flush();
-      if (drain(maxBatch, out) > 0) return Status::ok();
+      int socketFd = -1;
+      try {
+        std::lock_guard<std::mutex> lock(core_->mutex_);
+        if (core_->closed_) return Status(StatusCode::kShuttingDown, "listener closed");
+        if (drainLocked(maxBatch, out) > 0) return Status::ok();
+        if (isReadable(core_->router_)) continue;
+        socketFd = core_->router_.get(zmq::sockopt::fd);
+      } catch (const zmq::error_t& e) {
+        return Status(StatusCode::kTransportError, e.what());
+      }
       if (core_->interrupted_.exchange(false)) return Status::ok();
       const long timeout = pollTimeoutMs(deadline);
-      zmq_pollitem_t items[2] = {{core_->router_.handle(), 0, ZMQ_POLLIN, 0},
+      zmq_pollitem_t items[2] = {{nullptr, socketFd, ZMQ_POLLIN, 0},
                                  {nullptr, core_->waker_.fd(), ZMQ_POLLIN, 0}};
       try {
         zmq::poll(items, 2, std::chrono::milliseconds(timeout));
@@ -430,7 +432,7 @@ class ZmqListener final : public Listener {
   void close() override { core_->close(); }
 
  private:
-  size_t drain(size_t maxBatch, std::vector<IncomingPtr>& out) {
+  size_t drainLocked(size_t maxBatch, std::vector<IncomingPtr>& out) {
     ZmqShared& shared = *core_->shared_;
     size_t taken = 0;
     while (taken < maxBatch) {
@@ -486,8 +488,9 @@ std::string uniqueMonitorEndpoint() {
          std::to_string(next.fetch_add(1, std::memory_order_relaxed));
 }
 
-// A DEALER connected to the transport's URL and the I/O thread that owns it; with an `onLink`
-// callback also a PAIR socket that receives the DEALER's monitor events.
+// A DEALER connected to the transport's URL, sent on by the callers of send() and received from
+// by the channel's I/O thread, in turn under mutex_; with an `onLink` callback also a PAIR
+// socket, the I/O thread's alone, that receives the DEALER's monitor events.
 class ZmqChannel final : public ClientChannel {
  public:
   ZmqChannel(std::shared_ptr<ZmqShared> shared, ReplyCallback onReply, LinkCallback onLink)
@@ -528,12 +531,20 @@ class ZmqChannel final : public ClientChannel {
     if (io_.joinable()) io_.join();
   }
 
+  // Sends on the calling thread when nothing waits before it and the socket takes it at once;
+  // otherwise queues it for the I/O thread, which sends it when the socket has room.
   Status send(const Address&, std::string bytes, Deadline deadline) override {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (stopping_) return Status(StatusCode::kShuttingDown, "channel closing");
-      outbox_.push_back({std::move(bytes), deadline});
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopping_) return Status(StatusCode::kShuttingDown, "channel closing");
+    try {
+      if (pending_.empty() && dealer_.send(zmq::buffer(bytes), zmq::send_flags::dontwait)) {
+        if (isReadable(dealer_)) waker_.wake();  // the send consumed the I/O thread's signal
+        return Status::ok();
+      }
+    } catch (const zmq::error_t&) {
+      // Left to the I/O thread, which reports what the socket says.
     }
+    pending_.push_back({std::move(bytes), deadline});
     waker_.wake();
     return Status::ok();
   }
@@ -543,50 +554,70 @@ class ZmqChannel final : public ClientChannel {
     std::string bytes;
     Deadline deadline;
   };
+  static constexpr size_t kReceiveBatch = 256;  // replies taken per turn of the mutex
 
+  // Under mutex_, sends what waits and takes what arrived; without it, hands the replies to
+  // onReply_ and sleeps on the dealer's ZMQ_FD, the waker and the monitor.
   void ioLoop() {
-    std::deque<Outgoing> pending;  // I/O thread only: not yet accepted by the socket
+    std::vector<std::string> replies;
     for (;;) {
-      bool stopping = false;
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        stopping = stopping_;
-        for (auto& o : outbox_) pending.push_back(std::move(o));
-        outbox_.clear();
-      }
-      if (stopping) {
-        flushOnClose(pending);
-        break;
-      }
+      replies.clear();
       Deadline next = kNoDeadline;
+      int socketFd = -1;
+      bool readable = false;
       try {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (stopping_) {
+          flushOnCloseLocked();
+          closeSockets();
+          return;
+        }
         // Every expired message goes, wherever it waits (not only at the head: a poll timeout
         // from a deadline already passed would spin).
         const Deadline now = Clock::now();
-        const size_t expired = std::erase_if(pending, [&](const Outgoing& o) { return now >= o.deadline; });
+        const size_t expired =
+            std::erase_if(pending_, [&](const Outgoing& o) { return now >= o.deadline; });
         for (size_t i = 0; i < expired; ++i) {
           shared_->drop(shared_->sendsExpired_, "request not sent before its deadline");
         }
-        while (!pending.empty() &&
-               dealer_.send(zmq::buffer(pending.front().bytes), zmq::send_flags::dontwait)) {
-          pending.pop_front();
+        while (!pending_.empty() &&
+               dealer_.send(zmq::buffer(pending_.front().bytes), zmq::send_flags::dontwait)) {
+          pending_.pop_front();
         }
-        for (const Outgoing& o : pending) next = std::min(next, o.deadline);
-        zmq_pollitem_t items[3] = {
-            {dealer_.handle(), 0,
-             static_cast<short>(ZMQ_POLLIN | (pending.empty() ? 0 : ZMQ_POLLOUT)), 0},
-            {nullptr, waker_.fd(), ZMQ_POLLIN, 0},
-            {monitor_.handle(), 0, ZMQ_POLLIN, 0}};
-        zmq::poll(items, monitor_ ? 3 : 2, std::chrono::milliseconds(pollTimeoutMs(next)));
-        if (items[1].revents != 0) waker_.drain();
-        if ((items[0].revents & ZMQ_POLLIN) != 0) receiveAll();
-        if (monitor_ && (items[2].revents & ZMQ_POLLIN) != 0) receiveLinkEvents();
+        for (const Outgoing& o : pending_) next = std::min(next, o.deadline);
+        zmq::message_t frame;
+        while (replies.size() < kReceiveBatch &&
+               dealer_.recv(frame, zmq::recv_flags::dontwait)) {
+          while (frame.more()) (void)dealer_.recv(frame);  // the body is the last frame
+          replies.push_back(frame.to_string());
+        }
+        readable = isReadable(dealer_);
+        socketFd = dealer_.get(zmq::sockopt::fd);
       } catch (const zmq::error_t& e) {
-        if (e.num() == ETERM) break;
+        if (e.num() == ETERM) {
+          std::lock_guard<std::mutex> lock(mutex_);
+          closeSockets();
+          return;
+        }
         if (e.num() != EINTR) shared_->options_.log(LogLevel::kError, "zmq", e.what());
       }
+      if (onReply_) {
+        for (std::string& reply : replies) onReply_(std::move(reply));
+      }
+      if (readable || socketFd < 0) continue;
+      try {
+        zmq_pollitem_t items[3] = {{nullptr, socketFd, ZMQ_POLLIN, 0},
+                                   {nullptr, waker_.fd(), ZMQ_POLLIN, 0},
+                                   {monitor_.handle(), 0, ZMQ_POLLIN, 0}};
+        zmq::poll(items, monitor_ ? 3 : 2, std::chrono::milliseconds(pollTimeoutMs(next)));
+        if (items[1].revents != 0) waker_.drain();
+        if (monitor_ && (items[2].revents & ZMQ_POLLIN) != 0) receiveLinkEvents();
+      } catch (const zmq::error_t& e) {
+        if (e.num() != EINTR && e.num() != ETERM) {
+          shared_->options_.log(LogLevel::kError, "zmq", e.what());
+        }
+      }
     }
-    closeSockets();
   }
 
   // Has the dealer report its events to a new monitor_ socket. Throws zmq::error_t.
@@ -670,12 +701,12 @@ class ZmqChannel final : public ClientChannel {
 
   // Hands what is still unsent to the socket, waiting for room no longer than the linger
   // period; LINGER then bounds how long the socket keeps trying to deliver it.
-  void flushOnClose(std::deque<Outgoing>& pending) {
+  void flushOnCloseLocked() {
     const Deadline giveUp = deadlineAfter(std::chrono::milliseconds(shared_->options_.lingerMs));
     try {
-      while (!pending.empty() && Clock::now() < giveUp) {
-        if (dealer_.send(zmq::buffer(pending.front().bytes), zmq::send_flags::dontwait)) {
-          pending.pop_front();
+      while (!pending_.empty() && Clock::now() < giveUp) {
+        if (dealer_.send(zmq::buffer(pending_.front().bytes), zmq::send_flags::dontwait)) {
+          pending_.pop_front();
           continue;
         }
         zmq_pollitem_t item{dealer_.handle(), 0, ZMQ_POLLOUT, 0};
@@ -683,30 +714,22 @@ class ZmqChannel final : public ClientChannel {
       }
     } catch (const zmq::error_t&) {
     }
-    for (size_t i = 0; i < pending.size(); ++i) {
+    for (size_t i = 0; i < pending_.size(); ++i) {
       shared_->drop(shared_->sendsExpired_, "message not sent before the channel closed");
     }
-  }
-
-  void receiveAll() {
-    for (;;) {
-      zmq::message_t frame;
-      if (!dealer_.recv(frame, zmq::recv_flags::dontwait)) return;
-      while (frame.more()) (void)dealer_.recv(frame);  // the body is the last frame
-      if (onReply_) onReply_(frame.to_string());
-    }
+    pending_.clear();
   }
 
   std::shared_ptr<ZmqShared> shared_;
   const ReplyCallback onReply_;
   const LinkCallback onLink_;
-  zmq::socket_t dealer_;   // the I/O thread's once connect() started it
-  zmq::socket_t monitor_;  // likewise; empty without onLink_
-  bool linkUp_ = false;    // I/O thread only: the last link event was kUp
-  Waker waker_;
   std::mutex mutex_;
-  bool stopping_ = false;        // guarded by mutex_
-  std::vector<Outgoing> outbox_;  // guarded by mutex_
+  zmq::socket_t dealer_;          // guarded by mutex_ once connect() started the I/O thread
+  zmq::socket_t monitor_;         // the I/O thread's; empty without onLink_
+  bool linkUp_ = false;           // I/O thread only: the last link event was kUp
+  Waker waker_;
+  bool stopping_ = false;         // guarded by mutex_
+  std::deque<Outgoing> pending_;  // guarded by mutex_: not yet taken by the socket, in order
   std::thread io_;
 };
 

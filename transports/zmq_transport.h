@@ -1,5 +1,6 @@
 // ZmqTransport: the ZeroMQ transport. A server listens with a ROUTER bound to the URL; each
-// client channel is a DEALER connected to it, driven by an I/O thread of its own.
+// client channel is a DEALER connected to it, received from by an I/O thread of its own. Both
+// sockets are sent on by the thread that sends (under a mutex), never handed to another thread.
 #pragma once
 
 #include <cstdint>
