@@ -1,11 +1,8 @@
 // The client network against switchboard-server children that are killed (SIGKILL) or frozen
 // (SIGSTOP): the CLI keeps answering through a kill (and the failover time is measured), pings
 // find a frozen main, a non-idempotent call fails fast, and nothing is left behind.
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -29,26 +26,11 @@ namespace {
 using namespace std::chrono_literals;
 using testing::ChildProcess;
 using testing::envOr;
+using testing::freeTcpUrl;
 using testing::ServerProcess;
 
 int64_t msOf(Duration d) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
-}
-
-// A loopback tcp URL nobody listens on: a port the kernel just handed out and took back.
-std::string deadUrl() {
-  const int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  int port = 1;  // nothing listens on port 1 of a test machine either
-  if (s >= 0 && ::bind(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
-      ::getsockname(s, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  if (s >= 0) ::close(s);
-  return "tcp://127.0.0.1:" + std::to_string(port);
 }
 
 // The network's events, recorded from its thread.
@@ -259,7 +241,7 @@ TEST_F(NetworkProcessTest, StopLeavesNoThreadOrDescriptorBehind) {
     {
       TransportConnector connector(*factory);
       Network::Options o = options(200ms, 300ms);
-      o.servers.push_back(deadUrl());  // refused, backing off, retried while the test runs
+      o.servers.push_back(freeTcpUrl());  // refused, backing off, retried while the test runs
       o.policy = SelectionPolicy::kRoundRobin;
       o.connectTimeout = 1s;
       std::optional<Network> network(Network::create(connector, o).value());
