@@ -179,7 +179,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   auto logger = spdlog::stderr_logger_mt("switchboard-server");
-  logger->set_level(spdlog::level::from_str(logLevel == "warning" ? "warn" : logLevel));
+  logger->set_level(spdlog::level::from_str(logLevel));
   logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
   const LogSink log = spdlogSink(logger);
 

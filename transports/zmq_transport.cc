@@ -1,6 +1,7 @@
 // ZmqTransport: ROUTER listeners polled by the executor's receiving thread, DEALER channels with
-// an I/O thread each. Replies and requests are sent on the thread that makes them, under the
-// socket's mutex; the receiving thread sleeps on ZMQ_FD and an eventfd (see isReadable).
+// an I/O thread each. Replies are sent on the replying thread, requests on the caller's while
+// the channel is idle, under the socket's mutex; the receiving thread sleeps on ZMQ_FD and an
+// eventfd (see isReadable).
 // Also the context's ZAP handler for CURVE listeners, and the CURVE key helpers.
 #include "transports/zmq_transport.h"
 

@@ -1,6 +1,7 @@
 // ZmqTransport: the ZeroMQ transport. A server listens with a ROUTER bound to the URL; each
-// client channel is a DEALER connected to it, received from by an I/O thread of its own. Both
-// sockets are sent on by the thread that sends (under a mutex), never handed to another thread.
+// client channel is a DEALER connected to it, received from by an I/O thread of its own. Replies
+// go out on the replying thread; requests on the caller's while the channel is idle, else in a
+// batch from the I/O thread (see docs/ARCHITECTURE.md).
 #pragma once
 
 #include <cstdint>
