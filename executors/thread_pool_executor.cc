@@ -1,11 +1,13 @@
-// ThreadPoolExecutor: receiving thread + workers over a Boost.Thread sync_bounded_queue.
-// In-flight tasks hold a WorkGuard, so the receiving loop ends only when they have finished.
+// ThreadPoolExecutor: leader/follower pool threads over one bounded queue (mutex + condition).
+// In-flight tasks hold a WorkGuard, so the epoch ends only when they have finished.
 #include "executors/thread_pool_executor.h"
 
 #include <algorithm>
+#include <condition_variable>
+#include <deque>
 #include <latch>
 #include <memory>
-#include <boost/thread/concurrent_queues/sync_bounded_queue.hpp>
+#include <utility>
 
 namespace switchboard {
 
@@ -14,9 +16,14 @@ struct QueuedTask {
   TaskPtr task;
   WorkGuard work;
 };
+// The pool's shared state for one epoch.
 struct WorkQueue {
-  explicit WorkQueue(size_t capacity) : queue(std::max<size_t>(capacity, 1)) {}
-  boost::sync_bounded_queue<QueuedTask> queue;
+  std::mutex mutex;
+  std::condition_variable wakeup;  // idle threads wait here for a task or the lead
+  std::deque<QueuedTask> tasks;    // guarded by mutex: admitted, waiting for a thread
+  size_t idle = 0;                 // guarded by mutex: threads waiting on wakeup
+  bool leaderTaken = false;        // guarded by mutex: a thread polls or is about to
+  bool ended = false;              // guarded by mutex: the epoch is over; threads exit
 };
 }  // namespace detail
 
@@ -37,8 +44,8 @@ ThreadPoolExecutor::~ThreadPoolExecutor() {
 
 Status ThreadPoolExecutor::start(TaskSource& source) {
   return lifecycle_.start([&] {
-    const size_t workers = std::max<size_t>(options_.threads, 1);
-    queue_ = std::make_unique<detail::WorkQueue>(options_.queueCapacity);
+    const size_t threads = std::max<size_t>(options_.threads, 1) + 1;
+    queue_ = std::make_unique<detail::WorkQueue>();
     loop_.arm(source);
     {
       std::lock_guard<std::mutex> lock(idsMutex_);
@@ -46,30 +53,22 @@ Status ThreadPoolExecutor::start(TaskSource& source) {
     }
     // Each thread registers its id, then checks in; start() returns once all have (folly's
     // handshake), so isExecutorThread() is right before any task runs.
-    auto checkedIn = std::make_shared<std::latch>(static_cast<std::ptrdiff_t>(workers + 1));
-    auto checkIn = [this, checkedIn] {
-      {
-        std::lock_guard<std::mutex> lock(idsMutex_);
-        ids_.push_back(std::this_thread::get_id());
-      }
-      checkedIn->count_down();
-    };
+    auto checkedIn = std::make_shared<std::latch>(static_cast<std::ptrdiff_t>(threads));
     try {
-      threads_.emplace_back([this, checkIn] {
-        checkIn();
-        loop_.run([this](TaskPtr task) { handoff(std::move(task)); });
-        queue_->queue.close();  // no task is outstanding: workers drain nothing and exit
-      });
-      for (size_t i = 0; i < workers; ++i) {
-        threads_.emplace_back([this, checkIn] {
-          checkIn();
-          workerMain();
+      for (size_t i = 0; i < threads; ++i) {
+        threads_.emplace_back([this, checkedIn] {
+          {
+            std::lock_guard<std::mutex> lock(idsMutex_);
+            ids_.push_back(std::this_thread::get_id());
+          }
+          checkedIn->count_down();
+          poolThreadMain();
         });
       }
     } catch (const std::system_error& e) {
-      // Unwind what was started: the receiver's loop ends at once, the workers on close().
+      // Unwind what was started: the epoch ends at the first turn, the threads with it.
       loop_.requestStop();
-      queue_->queue.close();
+      if (threads_.empty()) loop_.finishWithoutRunning();
       for (auto& t : threads_) t.join();
       threads_.clear();
       return Status(StatusCode::kInvalidState, std::string("cannot start pool thread: ") + e.what());
@@ -79,29 +78,89 @@ Status ThreadPoolExecutor::start(TaskSource& source) {
   });
 }
 
-void ThreadPoolExecutor::handoff(TaskPtr task) {
-  if (inFlight_.fetch_add(1) >= options_.maxInFlight) {
-    inFlight_.fetch_sub(1);
-    rejected_.fetch_add(1);
-    task->reject(Status(StatusCode::kOverloaded, "server busy: in-flight limit reached"));
-    return;
-  }
-  detail::QueuedTask item{std::move(task), loop_.acquireWork()};
-  if (queue_->queue.try_push_back(std::move(item)) != boost::queue_op_status::success) {
-    inFlight_.fetch_sub(1);
-    rejected_.fetch_add(1);
-    item.task->reject(Status(StatusCode::kOverloaded, "server busy: queue full"));
-  }
+Status ThreadPoolExecutor::admit() {
+  if (inFlight_.fetch_add(1) < options_.maxInFlight) return Status::ok();
+  inFlight_.fetch_sub(1);
+  return Status(StatusCode::kOverloaded, "server busy: in-flight limit reached");
 }
 
-void ThreadPoolExecutor::workerMain() {
-  for (;;) {
-    detail::QueuedTask item;
-    if (queue_->queue.wait_pull_front(item) != boost::queue_op_status::success) return;
+void ThreadPoolExecutor::poolThreadMain() {
+  detail::WorkQueue& q = *queue_;
+  std::vector<TaskPtr> batch;
+  std::vector<detail::QueuedTask> admitted;
+  std::vector<std::pair<TaskPtr, Status>> refused;
+  const auto collect = [&batch](TaskPtr task) { batch.push_back(std::move(task)); };
+  const auto runOne = [this](detail::QueuedTask item) {
     item.task->run();
     item.task.reset();
     inFlight_.fetch_sub(1);
-    // item.work released here: the loop may end once the last task has finished.
+    // item.work is released here: the epoch may end once the last task has finished.
+  };
+  bool leading = false;
+  std::unique_lock<std::mutex> lock(q.mutex);
+  for (;;) {
+    if (!leading && !q.leaderTaken && !q.ended) leading = q.leaderTaken = true;
+    if (leading) {
+      lock.unlock();
+      if (!loop_.turn(collect)) {
+        lock.lock();
+        q.ended = true;  // no work guard is left, so no task is queued or running
+        q.wakeup.notify_all();
+        lock.unlock();
+        loop_.end();
+        return;
+      }
+      // Admission outside the pool's lock (the counter is atomic); refusals answer at once.
+      for (TaskPtr& task : batch) {
+        if (Status why = admit(); !why) {
+          refused.emplace_back(std::move(task), std::move(why));
+        } else {
+          admitted.push_back({std::move(task), loop_.acquireWork()});
+        }
+      }
+      batch.clear();
+      lock.lock();
+      detail::QueuedTask mine;
+      auto next = admitted.begin();
+      if (next != admitted.end() && q.idle > 0) {
+        mine = std::move(*next++);  // run it here; an idle thread takes the lead
+        leading = q.leaderTaken = false;
+        q.wakeup.notify_one();
+      }
+      for (; next != admitted.end(); ++next) {
+        if (q.tasks.size() < std::max<size_t>(options_.queueCapacity, 1)) {
+          q.tasks.push_back(std::move(*next));
+        } else {
+          inFlight_.fetch_sub(1);
+          refused.emplace_back(std::move(next->task),
+                               Status(StatusCode::kOverloaded, "server busy: queue full"));
+        }
+      }
+      admitted.clear();
+      // One more thread for the queue; each that takes a task wakes the next while work is left.
+      if (!q.tasks.empty() && q.idle > (mine.task ? 1u : 0u)) q.wakeup.notify_one();
+      if (!mine.task && refused.empty()) continue;
+      lock.unlock();
+      rejected_.fetch_add(refused.size());
+      for (auto& [task, why] : refused) task->reject(std::move(why));
+      refused.clear();
+      if (mine.task) runOne(std::move(mine));
+      lock.lock();
+      continue;
+    }
+    if (!q.tasks.empty()) {
+      detail::QueuedTask item = std::move(q.tasks.front());
+      q.tasks.pop_front();
+      if (!q.tasks.empty() && q.idle > 0) q.wakeup.notify_one();
+      lock.unlock();
+      runOne(std::move(item));
+      lock.lock();
+      continue;
+    }
+    if (q.ended) return;
+    ++q.idle;
+    q.wakeup.wait(lock);  // woken for a task, the lead, or the end of the epoch
+    --q.idle;
   }
 }
 
@@ -109,7 +168,7 @@ Status ThreadPoolExecutor::finish(Deadline deadline) {
   if (!loop_.waitFinished(deadline)) {
     return Status(StatusCode::kTimeout, "thread pool still has tasks in flight");
   }
-  for (auto& t : threads_) t.join();  // the loop ended and the queue is closed: prompt
+  for (auto& t : threads_) t.join();  // the epoch ended: every thread is on its way out
   threads_.clear();
   std::lock_guard<std::mutex> lock(idsMutex_);
   ids_.clear();

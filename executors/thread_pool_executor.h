@@ -1,5 +1,5 @@
-// ThreadPoolExecutor (the default): a receiving thread polls the source and hands tasks to N
-// workers through a bounded queue; past the queue or in-flight limit a task is rejected.
+// ThreadPoolExecutor (the default): N+1 threads, one of which at a time (the leader) polls the
+// source; past the queue or in-flight limit a task is rejected.
 #pragma once
 
 #include <atomic>
@@ -19,11 +19,17 @@ namespace detail {
 struct WorkQueue;
 }
 
-// Thread-safe. Timers (runAt) run on the receiving thread and must be short.
+// Leader/follower: the leader polls; when it receives a task and another pool thread is idle,
+// it passes the lead to that thread and runs the task itself, so a call is not handed to another
+// thread on its way (the hand-off, a wake-up, happens beside the call, not in front of it).
+// Further tasks of the batch go to a bounded queue that idle threads drain. When no thread is
+// idle the leader queues every task and keeps polling: a thread always polls while any is free,
+// so cancels are read and excess calls answered kOverloaded while handlers run.
+// Thread-safe. Timers (runAt) run on the leader and must be short.
 class ThreadPoolExecutor final : public Executor {
  public:
   struct Options : ExecutorOptions {
-    size_t threads = 4;           // workers
+    size_t threads = 4;           // tasks run at once; the pool has one more thread to poll
     size_t queueCapacity = 1024;  // tasks waiting for a worker
     size_t maxInFlight = 1024;    // tasks queued or running; more are rejected kOverloaded
   };
@@ -33,7 +39,7 @@ class ThreadPoolExecutor final : public Executor {
   // stop() + wait(). Must not run on one of the pool's threads.
   ~ThreadPoolExecutor() override;
 
-  // Starts the receiving thread and the workers; returns once every worker has checked in.
+  // Starts the pool's threads; returns once every one has checked in.
   Status start(TaskSource& source) override;
   Status execute() override;  // kInvalidState
   void stop() override;
@@ -46,14 +52,15 @@ class ThreadPoolExecutor final : public Executor {
   uint64_t rejectedCount() const { return rejected_.load(); }
 
  private:
-  void handoff(TaskPtr task);
-  void workerMain();
+  void poolThreadMain();
+  // Counts one more task in flight, or refuses it: kOverloaded past maxInFlight.
+  Status admit();
   Status finish(Deadline deadline);
 
   const Options options_;
   detail::ReceiveLoop loop_;
   std::unique_ptr<detail::WorkQueue> queue_;  // per epoch; set by start, used by pool threads
-  std::vector<std::thread> threads_;          // receiver first, then workers; joined by finish
+  std::vector<std::thread> threads_;          // joined by finish
   mutable std::mutex idsMutex_;
   std::vector<std::thread::id> ids_;  // guarded by idsMutex_: threads of the current epoch
   std::atomic<size_t> inFlight_{0};

@@ -311,7 +311,7 @@ TYPED_TEST(ExecutorContractTest, ConcurrentStartFromFourThreadsStartsOneLoop) {
   for (int i = 0; i < kTasks; ++i) EXPECT_EQ(runs[i].load(), 1) << "task " << i;
   EXPECT_EQ(this->source_.queued(), 0u);
   if constexpr (std::is_same_v<TypeParam, ThreadPoolExecutor>) {
-    EXPECT_LE(ids.size(), 2u);  // only the pool's two workers ran tasks
+    EXPECT_LE(ids.size(), 3u);  // only the pool's threads (two task slots + the poller) ran tasks
   } else {
     EXPECT_EQ(ids.size(), 1u);  // one loop thread
   }
@@ -1198,6 +1198,77 @@ TEST(ThreadPoolExecutorTest, TasksBeyondTheQueueCapacityAreRejectedOverloaded) {
     EXPECT_EQ(out[i].runs.load(), i < 2 ? 1 : 0) << "task " << i;
     EXPECT_EQ(out[i].overloaded.load(), i < 2 ? 0 : 1) << "task " << i;
   }
+}
+
+// Records which thread's poll() returned the last tasks (the pool's leader at that moment).
+class PollerRecordingSource final : public TaskSource {
+ public:
+  Status poll(Deadline deadline, std::vector<TaskPtr>& out) override {
+    const size_t before = out.size();
+    Status polled = inner.poll(deadline, out);
+    if (out.size() > before) lastPoller.store(std::this_thread::get_id());
+    for (size_t i = before; i < out.size(); ++i) taken.add();
+    return polled;
+  }
+  void interrupt() override { inner.interrupt(); }
+
+  ManualTaskSource inner;
+  std::atomic<std::thread::id> lastPoller;
+  Events taken;  // tasks handed to the executor
+};
+
+TEST(ThreadPoolExecutorTest, AnIdlePoolRunsATaskOnTheThreadThatPolledIt) {
+  // Leader/follower: with a pool thread idle, the leader passes the lead on and runs the task
+  // itself instead of handing it over. Whether a thread is idle yet right after a task is not
+  // observable, so the test tries up to 100 tasks one after another and needs one run by its
+  // poller; a pool that always hands tasks over never has one.
+  ThreadPoolExecutor::Options o;
+  o.threads = 2;
+  PollerRecordingSource source;
+  ThreadPoolExecutor exec(o);
+  ASSERT_OK(exec.start(source));
+  int ranOnPoller = 0;
+  for (int i = 0; i < 100 && ranOnPoller == 0; ++i) {
+    std::promise<bool> ran;
+    source.inner.push([&] { ran.set_value(source.lastPoller.load() == std::this_thread::get_id()); });
+    auto ranF = ran.get_future();
+    ASSERT_TRUE(readyWithin(ranF, kLong));
+    if (ranF.get()) ++ranOnPoller;
+  }
+  EXPECT_EQ(ranOnPoller, 1);
+  exec.stop();
+  ASSERT_OK(exec.wait(deadlineAfter(kLong)));
+}
+
+TEST(ThreadPoolExecutorTest, AThreadKeepsPollingWhileEveryOtherRunsATask) {
+  // The lead is passed on only to an idle thread: with every other thread blocked in a task, the
+  // leader keeps polling, so new tasks are still taken (and queued) and timers still run.
+  ThreadPoolExecutor::Options o;
+  o.threads = 2;
+  PollerRecordingSource source;
+  ThreadPoolExecutor exec(o);
+  ASSERT_OK(exec.start(source));
+  Gate gate;
+  Events entered;
+  for (int i = 0; i < 2; ++i) {
+    source.inner.push([&] {
+      entered.add();
+      gate.wait();
+    });
+  }
+  ASSERT_TRUE(entered.waitFor(2, kLong));  // both task slots are blocked
+  std::promise<void> timerRan;
+  ASSERT_OK(exec.runAt(Clock::now(), [&] { timerRan.set_value(); }));
+  auto timerF = timerRan.get_future();
+  EXPECT_TRUE(readyWithin(timerF, kLong)) << "no thread was left polling";
+  std::promise<void> queuedRan;
+  source.inner.push([&] { queuedRan.set_value(); });
+  ASSERT_TRUE(source.taken.waitFor(3, kLong)) << "the third task was not taken while the others ran";
+  gate.open();
+  auto queuedF = queuedRan.get_future();
+  EXPECT_TRUE(readyWithin(queuedF, kLong));
+  exec.stop();
+  ASSERT_OK(exec.wait(deadlineAfter(kLong)));
 }
 
 }  // namespace

@@ -15,6 +15,7 @@ void ReceiveLoop::arm(TaskSource& source) {
   source_ = &source;
   armed_ = true;
   stopRequested_ = false;
+  sourceBroken_ = false;
   woken_ = false;
   done_ = false;
 }
@@ -73,30 +74,27 @@ void ReceiveLoop::releaseWork() {
   }
 }
 
-void ReceiveLoop::run(const Handoff& handoff) {
-  std::vector<TaskPtr> tasks;
-  std::vector<std::function<void()>> due;
-  bool sourceBroken = false;
-  for (;;) {
-    Deadline next = kNoDeadline;
-    TaskSource* source = nullptr;
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      const Deadline now = Clock::now();
-      while (!timers_.empty() && timers_.begin()->first <= now) {
-        due.push_back(std::move(timers_.begin()->second));
-        timers_.erase(timers_.begin());
-      }
-      if (!timers_.empty()) next = timers_.begin()->first;
-      if (due.empty() && stopRequested_ && outstanding_ == 0) break;
-      source = source_;
-      if (due.empty() && sourceBroken) {
-        wakeup_.wait_until(lock, next, [&] { return woken_; });
-        woken_ = false;
-        continue;
-      }
+bool ReceiveLoop::turn(const Handoff& handoff) {
+  Deadline next = kNoDeadline;
+  TaskSource* source = nullptr;
+  {
+    std::unique_lock<std::mutex> lock(mutex_);
+    const Deadline now = Clock::now();
+    while (!timers_.empty() && timers_.begin()->first <= now) {
+      due_.push_back(std::move(timers_.begin()->second));
+      timers_.erase(timers_.begin());
     }
-    for (auto& fn : due) {
+    if (!timers_.empty()) next = timers_.begin()->first;
+    if (due_.empty() && stopRequested_ && outstanding_ == 0) return false;
+    source = source_;
+    if (due_.empty() && sourceBroken_) {
+      wakeup_.wait_until(lock, next, [&] { return woken_; });
+      woken_ = false;
+      return true;
+    }
+  }
+  if (!due_.empty()) {
+    for (auto& fn : due_) {
       try {
         fn();
       } catch (const std::exception& e) {
@@ -105,34 +103,36 @@ void ReceiveLoop::run(const Handoff& handoff) {
         log_(LogLevel::kError, component_, "timer callback threw a non-standard exception");
       }
     }
-    if (!due.empty()) {
-      due.clear();
-      continue;
-    }
-    // Polling goes on while a stopped epoch drains, so that what arrives meanwhile (new calls,
-    // cancels of calls in flight) is answered instead of left unread.
-    Status polled = source->poll(next, tasks);
-    bool stopping = false;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      stopping = stopRequested_;
-      if (!polled) {
-        sourceBroken = true;
-        stopRequested_ = true;  // a broken source yields nothing more: drain and end
-      }
-    }
-    if (!polled) log_(LogLevel::kError, component_, "task source failed: " + polled.toString());
-    // After stop() has returned no task may run: what a poll takes from then on is refused,
-    // which answers its sender.
-    for (auto& task : tasks) {
-      if (stopping) {
-        task->reject(Status(StatusCode::kShuttingDown, component_ + ": stopping"));
-      } else {
-        handoff(std::move(task));
-      }
-    }
-    tasks.clear();
+    due_.clear();
+    return true;
   }
+  // Polling goes on while a stopped epoch drains, so that what arrives meanwhile (new calls,
+  // cancels of calls in flight) is answered instead of left unread.
+  Status polled = source->poll(next, polled_);
+  bool stopping = false;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping = stopRequested_;
+    if (!polled) {
+      sourceBroken_ = true;
+      stopRequested_ = true;  // a broken source yields nothing more: drain and end
+    }
+  }
+  if (!polled) log_(LogLevel::kError, component_, "task source failed: " + polled.toString());
+  // After stop() has returned no task may run: what a poll takes from then on is refused,
+  // which answers its sender.
+  for (auto& task : polled_) {
+    if (stopping) {
+      task->reject(Status(StatusCode::kShuttingDown, component_ + ": stopping"));
+    } else {
+      handoff(std::move(task));
+    }
+  }
+  polled_.clear();
+  return true;
+}
+
+void ReceiveLoop::end() {
   std::multimap<Deadline, std::function<void()>> dropped;
   std::lock_guard<std::mutex> lock(mutex_);
   dropped.swap(timers_);  // destroyed after the lock is released (declared first)
@@ -140,6 +140,12 @@ void ReceiveLoop::run(const Handoff& handoff) {
   source_ = nullptr;
   done_ = true;
   finished_.notify_all();
+}
+
+void ReceiveLoop::run(const Handoff& handoff) {
+  while (turn(handoff)) {
+  }
+  end();
 }
 
 }  // namespace switchboard::detail

@@ -17,7 +17,7 @@
 
 namespace switchboard::detail {
 
-// Thread-safe, except run(), which one thread at a time calls once per epoch.
+// Thread-safe, except turn(), end() and run(): one thread at a time drives an epoch.
 class ReceiveLoop final {
  public:
   using Handoff = std::function<void(TaskPtr)>;
@@ -28,8 +28,15 @@ class ReceiveLoop final {
 
   // Begins an epoch that reads `source`. Precondition: the previous epoch finished.
   void arm(TaskSource& source);
-  // Runs the epoch on the calling thread: each polled task goes to `handoff`; returns when the
-  // stop was requested and no work guard is left. Pending timers are then destroyed.
+  // One turn of the epoch on the calling thread: runs the timers that are due, or else polls the
+  // source once (waiting at most until the next timer) and gives each task to `handoff` (or
+  // rejects it kShuttingDown once stopping). Returns false, doing nothing, when the epoch is
+  // over (stop requested, no work guard left); the caller then calls end(). Different threads
+  // may take turns, one at a time (a thread pool's leader).
+  bool turn(const Handoff& handoff);
+  // Ends the epoch after turn() returned false: pending timers are destroyed, waiters woken.
+  void end();
+  // turn() until the epoch is over, then end().
   void run(const Handoff& handoff);
   // Non-blocking: no task is polled after the current batch.
   void requestStop();
@@ -58,6 +65,9 @@ class ReceiveLoop final {
   bool woken_ = false;                // guarded by mutex_
   bool done_ = true;                  // guarded by mutex_
   uint64_t outstanding_ = 0;          // guarded by mutex_: live work guards
+  bool sourceBroken_ = false;         // guarded by mutex_: poll() failed this epoch
+  std::vector<TaskPtr> polled_;       // used by the thread taking a turn
+  std::vector<std::function<void()>> due_;  // used by the thread taking a turn
   std::multimap<Deadline, std::function<void()>> timers_;  // guarded by mutex_
 };
 
