@@ -101,6 +101,12 @@ class CountingTransport final : public Transport {
                                                      LinkCallback onLink) override {
     return inner_.openChannel(std::move(onReply), std::move(onLink));
   }
+  Status publish(std::string_view topic, std::string bytes) override {
+    return inner_.publish(topic, std::move(bytes));
+  }
+  Result<std::unique_ptr<Listener>> subscribe(const Subscription& subscription) override {
+    return inner_.subscribe(subscription);
+  }
 
   int made() const { return made_.load(); }
   int open() const { return open_.load(); }

@@ -2,6 +2,8 @@
 // the Listener, ClientChannel and IncomingMessage it hands out.
 #include "transports/in_memory_transport.h"
 
+#include "transports/detail/notification_router.h"
+
 #include <atomic>
 #include <cassert>
 #include <condition_variable>
@@ -394,7 +396,9 @@ InMemoryBroker::Stats InMemoryBroker::stats() const {
 InMemoryTransport::InMemoryTransport() : InMemoryTransport(Options{}) {}
 
 InMemoryTransport::InMemoryTransport(Options options)
-    : broker_(std::make_shared<detail::InMemoryBroker>(options)) {}
+    : broker_(std::make_shared<detail::InMemoryBroker>(options)),
+      notifications_(std::make_shared<detail::NotificationRouter>(
+          detail::NotificationRouter::Options{options.maxQueuedPerQueue, options.maxDeliveries})) {}
 
 InMemoryTransport::~InMemoryTransport() = default;
 
@@ -413,5 +417,17 @@ Result<std::unique_ptr<ClientChannel>> InMemoryTransport::openChannel(ReplyCallb
 }
 
 InMemoryTransport::Stats InMemoryTransport::stats() const { return broker_->stats(); }
+
+Status InMemoryTransport::publish(std::string_view topic, std::string bytes) {
+  if (topic.empty()) return Status(StatusCode::kInvalidTarget, "publish needs a topic");
+  notifications_->publish(topic, std::move(bytes));
+  return Status::ok();
+}
+
+Result<std::unique_ptr<Listener>> InMemoryTransport::subscribe(const Subscription& subscription) {
+  return detail::subscribeListener(notifications_, subscription, "memory:notifications");
+}
+
+NotificationStats InMemoryTransport::notificationStats() const { return notifications_->stats(); }
 
 }  // namespace switchboard

@@ -12,6 +12,7 @@ namespace switchboard {
 
 namespace detail {
 class InMemoryBroker;
+class NotificationRouter;
 }  // namespace detail
 
 // Routing, per exchange (an empty Address::exchange means "default"; nothing crosses exchanges):
@@ -35,6 +36,11 @@ class InMemoryBroker;
 // (or that was opened with an empty callback) is dropped and counted; reply still returns ok.
 // IncomingMessage::peer() is "memory:<channel id>".
 //
+// Notifications follow NotificationRouter's rules (transports/detail/notification_router.h):
+// a listener gets what is published after it subscribed; a pool keeps its queue while it has no
+// member, for the transport's life; requeued messages go to the front of their queue, dropped
+// after Options::maxDeliveries deliveries. Delivery is in-process: nothing survives the process.
+//
 // Thread-safe. The transport must outlive every listener and channel it made (the Transport
 // contract); incoming messages keep the broker state alive, so reply() works after their
 // listener is closed.
@@ -44,6 +50,8 @@ class InMemoryTransport final : public Transport {
     // The most messages one queue (a server queue, a topic queue, or one listener's fanout
     // copies) holds before send returns kOverloaded.
     size_t maxQueuedPerQueue = 100000;
+    // The most deliveries of one notification (the first and its requeues).
+    uint32_t maxDeliveries = 5;
   };
 
   // Counters since construction; a consistent snapshot taken under the broker lock (the two
@@ -70,10 +78,16 @@ class InMemoryTransport final : public Transport {
                                                      LinkCallback onLink) override;
   using Transport::openChannel;
 
+  // Never blocks; a copy over a full queue is dropped and counted (NotificationStats).
+  Status publish(std::string_view topic, std::string bytes) override;
+  Result<std::unique_ptr<Listener>> subscribe(const Subscription& subscription) override;
+
   Stats stats() const;
+  NotificationStats notificationStats() const;
 
  private:
   std::shared_ptr<detail::InMemoryBroker> broker_;  // shared with listeners, channels, messages
+  std::shared_ptr<detail::NotificationRouter> notifications_;  // shared with subscriptions
 };
 
 }  // namespace switchboard

@@ -39,6 +39,12 @@ class IncomingMessage {
   // Who the transport authenticated the sender as (ZeroMQ CURVE: the client's Z85 public key,
   // admitted by the ZAP handler); empty when the transport authenticated no one.
   virtual std::string_view identity() const { return {}; }
+  // Notifications only: gives the message back for another delivery (to the next listener of
+  // its pool, or to this subscription again) instead of acknowledging it. kInvalidState for a
+  // message that cannot be requeued (a request). The first of acknowledge() and requeue() wins.
+  virtual Status requeue() {
+    return Status(StatusCode::kInvalidState, "this message cannot be requeued");
+  }
 };
 using IncomingPtr = std::unique_ptr<IncomingMessage>;
 
@@ -91,6 +97,28 @@ class ClientChannel {
   virtual Status send(const Address& to, std::string bytes, Deadline deadline) = 0;
 };
 
+// What a notification listener receives: everything published to any of `topics` (exact names,
+// such as "notifications.info"). Listeners with the same non-empty `pool` share the work: each
+// notification goes to one of them. Every pool, and every listener without a pool, gets its own
+// copy of each notification.
+struct Subscription {
+  std::vector<std::string> topics;
+  std::string pool;
+};
+
+// Counters of a transport that routes notifications itself (in memory; the ZeroMQ broker).
+struct NotificationStats {
+  uint64_t published = 0;     // notifications published
+  uint64_t unrouted = 0;      // published to a topic with no subscriber and no pool
+  uint64_t delivered = 0;     // deliveries to listeners (redeliveries count again)
+  uint64_t acknowledged = 0;
+  uint64_t requeued = 0;      // by requeue(), and held by a pooled listener that closed
+  uint64_t overflowed = 0;    // copies dropped at a full queue
+  uint64_t exhausted = 0;     // dropped after their last allowed delivery
+  uint64_t unsubscribedDropped = 0;  // an unpooled listener's copies left when it closed
+  uint64_t queuedNow = 0;
+};
+
 // A transport. Thread-safe. It must outlive every listener and channel it made.
 class Transport {
  public:
@@ -109,6 +137,13 @@ class Transport {
   Result<std::unique_ptr<ClientChannel>> openChannel(ReplyCallback onReply) {
     return openChannel(std::move(onReply), LinkCallback());
   }
+
+  // Notifications. Publishes `bytes` to `topic` without blocking; delivery is not confirmed
+  // (each transport documents what it guarantees). kOverloaded when the transport has no room.
+  virtual Status publish(std::string_view topic, std::string bytes) = 0;
+  // Starts receiving what is published to `subscription.topics` from now on. Polled messages
+  // are acknowledged or requeued by the receiver; kInvalidTarget without a topic.
+  virtual Result<std::unique_ptr<Listener>> subscribe(const Subscription& subscription) = 0;
 };
 
 }  // namespace switchboard

@@ -17,6 +17,12 @@ class SharedInMemoryTransport final : public Transport {
                                                      LinkCallback onLink) override {
     return shared_->openChannel(std::move(onReply), std::move(onLink));
   }
+  Status publish(std::string_view topic, std::string bytes) override {
+    return shared_->publish(topic, std::move(bytes));
+  }
+  Result<std::unique_ptr<Listener>> subscribe(const Subscription& subscription) override {
+    return shared_->subscribe(subscription);
+  }
 
  private:
   std::shared_ptr<InMemoryTransport> shared_;

@@ -1002,4 +1002,11 @@ Result<std::set<std::string>> readZ85KeyListFile(const std::string& path) {
   return keys;
 }
 
+Status ZmqTransport::publish(std::string_view, std::string) {
+  return Status(StatusCode::kInvalidState, "notifications over ZeroMQ are not available yet");
+}
+Result<std::unique_ptr<Listener>> ZmqTransport::subscribe(const Subscription&) {
+  return Status(StatusCode::kInvalidState, "notifications over ZeroMQ are not available yet");
+}
+
 }  // namespace switchboard

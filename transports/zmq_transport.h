@@ -139,6 +139,10 @@ class ZmqTransport final : public Transport {
                                                      LinkCallback onLink) override;
   using Transport::openChannel;
 
+  // Notifications over ZeroMQ are not available yet: both return kInvalidState.
+  Status publish(std::string_view topic, std::string bytes) override;
+  Result<std::unique_ptr<Listener>> subscribe(const Subscription& subscription) override;
+
   const std::string& url() const;
   // The endpoint the last listen() bound, with the real port for tcp port 0 or *.
   std::string boundEndpoint() const;

@@ -34,11 +34,13 @@ struct ThreadPoolKind {
   }
 };
 
-// For a blocking server, runs execute() on a thread of its own (the "caller" of execute());
-// joins it on destruction. A no-op for the other kinds.
+// For a blocking server (a MessageHandlingServer or a NotificationListener), runs execute() on a
+// thread of its own (the "caller" of execute()); joins it on destruction. A no-op for the other
+// kinds.
 class ServingThread {
  public:
-  ServingThread(MessageHandlingServer& server, bool blocking) {
+  template <typename Server>
+  ServingThread(Server& server, bool blocking) {
     if (blocking) thread_ = std::thread([this, &server] { executeStatus_ = server.execute(); });
   }
   ~ServingThread() { join(); }

@@ -27,6 +27,9 @@ class MockTransport : public Transport {
   MOCK_METHOD(Result<std::unique_ptr<ClientChannel>>, openChannel,
               (ReplyCallback onReply, LinkCallback onLink), (override));
   using Transport::openChannel;
+  MOCK_METHOD(Status, publish, (std::string_view topic, std::string bytes), (override));
+  MOCK_METHOD(Result<std::unique_ptr<Listener>>, subscribe, (const Subscription& subscription),
+              (override));
 };
 
 // By default poll() returns ok at once with nothing appended; a test that runs a receive loop
@@ -59,6 +62,7 @@ class MockIncomingMessage : public IncomingMessage {
   MOCK_METHOD(Status, reply, (std::string bytes), (override));
   MOCK_METHOD(void, acknowledge, (), (override));
   MOCK_METHOD(std::string_view, peer, (), (const, override));
+  MOCK_METHOD(Status, requeue, (), (override));
 
  private:
   const std::string body_;  // what body() returns by default; outlives every call
