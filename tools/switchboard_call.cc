@@ -13,7 +13,10 @@
 #include <thread>
 #include <vector>
 
+#include "executors/event_loop_executor.h"
 #include "messaging/network.h"
+#include "messaging/notification_listener.h"
+#include "messaging/notifier.h"
 #include "messaging/rpc_client.h"
 #include "tools/json.h"
 #include "transports/transport_factory.h"
@@ -90,9 +93,136 @@ LogSink jsonLogSink(LineWriter& writer, bool verbose) {
 
 std::chrono::milliseconds millis(int64_t ms) { return std::chrono::milliseconds(ms); }
 
+// Parses `app`; returns the exit code to leave with, or nothing to go on.
+std::optional<int> parse(CLI::App& app, int argc, char** argv) {
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? 0 : kExitUsage;
+  }
+  return std::nullopt;
+}
+
+// switchboard-call notify: publishes one notification.
+int notifyMain(int argc, char** argv) {
+  CLI::App app("switchboard-call notify: publish one notification (delivery is not confirmed).");
+  std::string connect = "tcp://127.0.0.1:5556";
+  std::string topic = "notifications";
+  std::string priorityName = "info";
+  std::string eventType;
+  std::string publisherId = "switchboard-call";
+  std::string payload;
+  app.add_option("--connect", connect, "transport URL (ZeroMQ: the notification broker)")
+      ->capture_default_str();
+  app.add_option("--topic", topic, "notification topic")->capture_default_str();
+  app.add_option("--priority", priorityName,
+                 "audit, debug, info, warn, error, critical or sample")
+      ->capture_default_str();
+  app.add_option("--event-type", eventType, "e.g. instance.create")->required();
+  app.add_option("--publisher-id", publisherId)->capture_default_str();
+  app.add_option("payload", payload, "the payload, a JSON value")->required();
+  if (std::optional<int> code = parse(app, argc, argv)) return *code;
+  LineWriter writer;
+  const std::optional<Priority> priority = parsePriority(priorityName);
+  if (!priority) {
+    return report(writer, Status(StatusCode::kInvalidTarget, "unknown priority " + priorityName));
+  }
+  Result<Value> value = tools::parseJson(payload);
+  if (!value) return report(writer, Status(StatusCode::kInvalidTarget, value.status().message()));
+  TransportFactory factory;
+  ZmqTransport::Options zmqOptions;
+  zmqOptions.log = jsonLogSink(writer, false);
+  Result<std::unique_ptr<Transport>> transport = factory.makeTransport(connect, zmqOptions);
+  if (!transport) return report(writer, transport.status());
+  Notifier::Options options;
+  options.log = jsonLogSink(writer, true);
+  Notifier notifier(**transport, publisherId, {topic}, options);
+  notifier.notify(*priority, Value(), eventType, std::move(value).value());
+  return notifier.stats().failed == 0 ? kExitOk : kExitConnection;
+}
+
+// switchboard-call listen: prints one JSON line per notification received.
+int listenMain(int argc, char** argv) {
+  CLI::App app(
+      "switchboard-call listen: print each notification received as one JSON line.\n"
+      "Ends after --count notifications (exit 0), or at --timeout (exit 3 when a --count was\n"
+      "not reached, else 0).");
+  std::string connect = "tcp://127.0.0.1:5556";
+  std::vector<std::string> topics;
+  std::vector<std::string> priorityNames;
+  std::string pool;
+  int64_t count = 0;
+  int64_t timeoutMs = 0;
+  app.add_option("--connect", connect, "transport URL (ZeroMQ: the notification broker)")
+      ->capture_default_str();
+  app.add_option("--topic", topics, "notification topic (repeatable)")->required();
+  app.add_option("--priority", priorityNames, "priorities to receive (repeatable; default all)");
+  app.add_option("--pool", pool, "share the notifications with the listeners of this pool");
+  app.add_option("--count", count, "end after this many notifications (0: never)");
+  app.add_option("--timeout", timeoutMs, "end after this many ms (0: never)");
+  if (std::optional<int> code = parse(app, argc, argv)) return *code;
+  LineWriter writer;
+  std::vector<Priority> priorities;
+  for (const std::string& name : priorityNames) {
+    const std::optional<Priority> priority = parsePriority(name);
+    if (!priority) return report(writer, Status(StatusCode::kInvalidTarget, "unknown priority " + name));
+    priorities.push_back(*priority);
+  }
+  if (priorities.empty()) priorities.assign(kAllPriorities.begin(), kAllPriorities.end());
+
+  std::mutex mutex;
+  std::condition_variable done;  // the waker: the count reached
+  int64_t printed = 0;           // guarded by mutex
+  NotificationEndpoint printer;
+  for (Priority priority : priorities) {
+    printer.on(priority, [&](const Notification& n) {
+      writer.out(Value(Map{{"message_id", n.messageId()},
+                           {"publisher_id", n.publisherId},
+                           {"event_type", n.eventType},
+                           {"priority", std::string(priorityName(n.priority))},
+                           {"payload", n.payload},
+                           {"timestamp", n.timestamp()},
+                           {"context", n.context}})
+                     .toJson());
+      std::lock_guard<std::mutex> lock(mutex);
+      if (++printed == count) done.notify_all();
+      return NotificationResult::kHandled;
+    });
+  }
+  TransportFactory factory;
+  ZmqTransport::Options zmqOptions;
+  zmqOptions.log = jsonLogSink(writer, false);
+  Result<std::unique_ptr<Transport>> transport = factory.makeTransport(connect, zmqOptions);
+  if (!transport) return report(writer, transport.status());
+  std::vector<Target> targets;
+  for (const std::string& topic : topics) targets.push_back(Target{.topic = topic});
+  NotificationListener::Options options;
+  options.pool = pool;
+  options.log = jsonLogSink(writer, true);
+  NotificationListener listener(**transport, targets, {printer},
+                                std::make_unique<EventLoopExecutor>(), options);
+  if (Status s = listener.start(); !s) return report(writer, s);
+  // Without --count and --timeout it listens until SIGINT/SIGTERM end the process.
+  std::unique_lock<std::mutex> lock(mutex);
+  const auto reached = [&] { return count > 0 && printed >= count; };
+  if (timeoutMs > 0) {
+    done.wait_for(lock, millis(timeoutMs), reached);
+  } else {
+    done.wait(lock, reached);
+  }
+  const bool complete = count == 0 || printed >= count;
+  lock.unlock();
+  listener.stop();
+  (void)listener.wait(deadlineAfter(std::chrono::seconds(5)));
+  return complete ? kExitOk : kExitTimeout;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc > 1 && std::string_view(argv[1]) == "notify") return notifyMain(argc - 1, argv + 1);
+  if (argc > 1 && std::string_view(argv[1]) == "listen") return listenMain(argc - 1, argv + 1);
   CLI::App app(
       "switchboard-call: call a Switchboard server, or a network of several.\n"
       "Prints one line per call: the result as JSON on stdout, or the error as JSON on stderr.\n"
@@ -173,14 +303,10 @@ int main(int argc, char** argv) {
                                      "CURVE: this client's secret key file (switchboard-keygen)");
   curveServerKey->needs(curveSecret);
   curveSecret->needs(curveServerKey);
-  app.add_option("method", method, "method to call")->required();
+  app.add_option("method", method, "method to call (or: notify, listen; see their --help)")
+      ->required();
   app.add_option("args", args, "arguments, each a JSON value");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    const int code = app.exit(e);
-    return code == 0 ? 0 : kExitUsage;
-  }
+  if (std::optional<int> code = parse(app, argc, argv)) return *code;
   LineWriter writer;
   if (connect.empty()) connect.push_back("tcp://127.0.0.1:5555");
 
