@@ -12,11 +12,14 @@
 
 #include <atomic>
 #include <cerrno>
+#include <charconv>
 #include <cstdio>
 #include <cstring>
 #include <deque>
 #include <map>
 #include <mutex>
+#include <random>
+#include <span>
 #include <thread>
 #include <vector>
 #include <zmq.hpp>
@@ -43,6 +46,10 @@ class ZmqShared {
   std::string boundEndpoint_;  // guarded by mutex_
   std::atomic<uint64_t> received_{0}, malformedDropped_{0}, repliesSent_{0}, repliesDropped_{0},
       sendsExpired_{0}, authRefused_{0};
+  // Notifications: publish()'s DEALER to the broker, made by the first publish() and kept.
+  std::mutex publishMutex_;
+  zmq::socket_t publisher_;                  // guarded by publishMutex_
+  std::atomic<uint64_t> settlesDropped_{0};  // acknowledgements a full socket did not take
 
   // Counted always; logged with back-off (isLoggedOccurrence).
   void drop(std::atomic<uint64_t>& counter, std::string_view why) {
@@ -753,6 +760,210 @@ class ZmqChannel final : public ClientChannel {
   std::thread io_;
 };
 
+// A subscriber of the notification broker (zmq_notification_broker.h): a DEALER connected to
+// it, received from by the listener's polling thread and sent on (A, R, S) by any thread that
+// settles a message, in turn under mutex_ (the ZmqListenerCore scheme: the polling thread
+// sleeps on ZMQ_FD without the mutex; a send that consumed the signal of a readable message
+// wakes it).
+class ZmqSubscriberCore {
+ public:
+  ZmqSubscriberCore(std::shared_ptr<ZmqShared> shared, Subscription subscription)
+      : shared_(std::move(shared)),
+        subscription_(std::move(subscription)),
+        peer_("zmq-broker:" + shared_->url_),
+        window_(std::to_string(ZmqTransport::kNotificationWindow)),
+        dealer_(shared_->context_, zmq::socket_type::dealer) {}
+  ZmqSubscriberCore(const ZmqSubscriberCore&) = delete;
+  ZmqSubscriberCore& operator=(const ZmqSubscriberCore&) = delete;
+
+  // Connects with a routing id of its own (the broker knows it again after a reconnect) and
+  // sends the subscription. Throws zmq::error_t.
+  void connect() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    applySocketOptions(dealer_, shared_->options_);
+    std::random_device random;
+    std::string id(16, '\0');
+    for (char& c : id) c = static_cast<char>(random());
+    if (id[0] == '\0') id[0] = 1;  // ids starting with a zero byte are ZeroMQ's
+    dealer_.set(zmq::sockopt::routing_id, zmq::buffer(id));
+    dealer_.connect(shared_->url_);
+    sendSubscribeLocked();
+  }
+
+  // Sends ["A" or "R", deliveryId], and the subscription when it is due. Does nothing after
+  // close().
+  void settle(std::string_view command, uint64_t deliveryId) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (closed_) return;
+    try {
+      if (!sendLocked({command, std::to_string(deliveryId)})) {
+        shared_->drop(shared_->settlesDropped_,
+                      "acknowledgement dropped: the broker's high-water mark is reached");
+      }
+      if (Clock::now() >= nextHeartbeat_) sendSubscribeLocked();
+      if (pollerAsleep_ && isReadable(dealer_)) waker_.wake();
+    } catch (const zmq::error_t& e) {
+      shared_->drop(shared_->settlesDropped_, std::string("acknowledgement dropped: ") + e.what());
+    }
+  }
+
+  // ["S", pool, window, topic...]; the next is due one heartbeat interval later.
+  void sendSubscribeLocked() {
+    std::vector<std::string_view> frames = {"S", subscription_.pool, window_};
+    for (const std::string& topic : subscription_.topics) frames.push_back(topic);
+    (void)sendLocked(frames);  // a full socket: the next heartbeat sends it again
+    nextHeartbeat_ = Clock::now() + std::chrono::milliseconds(shared_->options_.heartbeatIvlMs);
+  }
+
+  // One multipart message, not blocking: false when the socket has no room. Throws.
+  bool sendLocked(std::span<const std::string_view> frames) {
+    for (size_t i = 0; i < frames.size(); ++i) {
+      const auto flags = i + 1 < frames.size()
+                             ? zmq::send_flags::sndmore | zmq::send_flags::dontwait
+                             : zmq::send_flags::dontwait;
+      if (!dealer_.send(zmq::buffer(frames[i]), flags)) return false;  // only the first fails
+    }
+    return true;
+  }
+  bool sendLocked(std::initializer_list<std::string_view> frames) {
+    return sendLocked(std::span<const std::string_view>(frames.begin(), frames.size()));
+  }
+
+  // Sends ["U"] and closes the socket (LINGER bounds how long ZeroMQ tries to deliver it).
+  void close() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (closed_) return;
+    closed_ = true;
+    try {
+      (void)sendLocked({"U"});
+    } catch (const zmq::error_t&) {
+    }
+    dealer_.close();
+  }
+
+  std::shared_ptr<ZmqShared> shared_;
+  const Subscription subscription_;
+  const std::string peer_;
+  const std::string window_;
+  std::mutex mutex_;
+  zmq::socket_t dealer_;       // guarded by mutex_
+  bool closed_ = false;        // guarded by mutex_
+  bool pollerAsleep_ = false;  // guarded by mutex_: as ZmqListenerCore::pollerAsleep_
+  Deadline nextHeartbeat_{};   // guarded by mutex_: when the next S is due
+  Waker waker_;
+  std::atomic<bool> interrupted_{false};
+};
+
+// One delivery of the broker. Thread-safe; settles once; destroyed unsettled, it is requeued.
+class ZmqNotification final : public IncomingMessage {
+ public:
+  ZmqNotification(std::shared_ptr<ZmqSubscriberCore> core, uint64_t deliveryId, std::string body)
+      : core_(std::move(core)), deliveryId_(deliveryId), body_(std::move(body)) {}
+  ~ZmqNotification() override { (void)requeue(); }
+
+  const std::string& body() const override { return body_; }
+  Status reply(std::string) override {
+    return Status(StatusCode::kInvalidState, "a notification has no sender to reply to");
+  }
+  void acknowledge() override {
+    if (!settled_.exchange(true)) core_->settle("A", deliveryId_);
+  }
+  Status requeue() override {
+    if (!settled_.exchange(true)) core_->settle("R", deliveryId_);
+    return Status::ok();
+  }
+  std::string_view peer() const override { return core_->peer_; }
+
+ private:
+  const std::shared_ptr<ZmqSubscriberCore> core_;
+  const uint64_t deliveryId_;
+  const std::string body_;
+  std::atomic<bool> settled_{false};
+};
+
+class ZmqSubscriptionListener final : public Listener {
+ public:
+  explicit ZmqSubscriptionListener(std::shared_ptr<ZmqSubscriberCore> core)
+      : core_(std::move(core)) {}
+  ~ZmqSubscriptionListener() override { close(); }
+
+  // Also sends the subscription again every heartbeat interval, which keeps the broker from
+  // expiring this subscriber while its owner polls.
+  Status poll(Deadline deadline, size_t maxBatch, std::vector<IncomingPtr>& out) override {
+    if (maxBatch == 0) return Status::ok();
+    for (;;) {
+      int socketFd = -1;
+      Deadline wakeAt = deadline;
+      try {
+        std::lock_guard<std::mutex> lock(core_->mutex_);
+        core_->pollerAsleep_ = false;
+        if (core_->closed_) return Status(StatusCode::kShuttingDown, "listener closed");
+        if (Clock::now() >= core_->nextHeartbeat_) core_->sendSubscribeLocked();
+        if (drainLocked(maxBatch, out) > 0) return Status::ok();
+        if (isReadable(core_->dealer_)) continue;
+        socketFd = core_->dealer_.get(zmq::sockopt::fd);
+        core_->pollerAsleep_ = true;
+        wakeAt = std::min(deadline, core_->nextHeartbeat_);
+      } catch (const zmq::error_t& e) {
+        return Status(StatusCode::kTransportError, e.what());
+      }
+      if (core_->interrupted_.exchange(false)) return Status::ok();
+      zmq_pollitem_t items[2] = {{nullptr, socketFd, ZMQ_POLLIN, 0},
+                                 {nullptr, core_->waker_.fd(), ZMQ_POLLIN, 0}};
+      try {
+        zmq::poll(items, 2, std::chrono::milliseconds(pollTimeoutMs(wakeAt)));
+      } catch (const zmq::error_t& e) {
+        if (e.num() != EINTR) return Status(StatusCode::kTransportError, e.what());
+      }
+      if (items[1].revents != 0) core_->waker_.drain();
+      if (items[0].revents == 0 && items[1].revents == 0 && Clock::now() >= deadline) {
+        return Status::ok();
+      }
+    }
+  }
+
+  void interrupt() override {
+    core_->interrupted_.store(true);
+    core_->waker_.wake();
+  }
+
+  void close() override { core_->close(); }
+
+ private:
+  // Takes up to maxBatch deliveries ["D", deliveryId, topic, body]; drops anything else.
+  size_t drainLocked(size_t maxBatch, std::vector<IncomingPtr>& out) {
+    ZmqShared& shared = *core_->shared_;
+    size_t taken = 0;
+    while (taken < maxBatch) {
+      zmq::message_t frame;
+      if (!core_->dealer_.recv(frame, zmq::recv_flags::dontwait)) break;
+      std::vector<std::string> frames;
+      frames.push_back(frame.to_string());
+      while (frame.more()) {
+        (void)core_->dealer_.recv(frame);  // parts of one message arrive together
+        if (frames.size() <= 4) frames.push_back(frame.to_string());
+      }
+      uint64_t deliveryId = 0;
+      bool valid = frames.size() == 4 && frames[0] == "D" && !frames[1].empty();
+      if (valid) {
+        const char* idEnd = frames[1].data() + frames[1].size();
+        const auto [end, error] = std::from_chars(frames[1].data(), idEnd, deliveryId);
+        valid = error == std::errc() && end == idEnd;
+      }
+      if (!valid) {
+        shared.drop(shared.malformedDropped_, "dropped a malformed message from the broker");
+        continue;
+      }
+      out.push_back(std::make_unique<ZmqNotification>(core_, deliveryId, std::move(frames[3])));
+      shared.received_.fetch_add(1, std::memory_order_relaxed);
+      ++taken;
+    }
+    return taken;
+  }
+
+  std::shared_ptr<ZmqSubscriberCore> core_;
+};
+
 }  // namespace detail
 
 struct ZmqContext::Impl {
@@ -1002,11 +1213,53 @@ Result<std::set<std::string>> readZ85KeyListFile(const std::string& path) {
   return keys;
 }
 
-Status ZmqTransport::publish(std::string_view, std::string) {
-  return Status(StatusCode::kInvalidState, "notifications over ZeroMQ are not available yet");
+Status ZmqTransport::publish(std::string_view topic, std::string bytes) {
+  if (topic.empty()) return Status(StatusCode::kInvalidTarget, "publish needs a topic");
+  detail::ZmqShared& shared = *shared_;
+  std::lock_guard<std::mutex> lock(shared.publishMutex_);
+  try {
+    if (!shared.publisher_) {
+      zmq::socket_t socket(shared.context_, zmq::socket_type::dealer);
+      detail::applySocketOptions(socket, shared.options_);
+      socket.connect(shared.url_);  // no IMMEDIATE: until the link is up, ZeroMQ queues
+      shared.publisher_ = std::move(socket);
+    }
+    const auto more = zmq::send_flags::sndmore | zmq::send_flags::dontwait;
+    // The first frame is refused (EAGAIN) or the whole message goes.
+    if (!shared.publisher_.send(zmq::str_buffer("P"), more)) {
+      return Status(StatusCode::kOverloaded,
+                    "no room to publish: the broker link is at its high-water mark");
+    }
+    (void)shared.publisher_.send(zmq::buffer(topic), more);
+    (void)shared.publisher_.send(zmq::buffer(bytes), zmq::send_flags::dontwait);
+    return Status::ok();
+  } catch (const zmq::error_t& e) {
+    return Status(StatusCode::kTransportError,
+                  "cannot publish to " + shared.url_ + ": " + e.what());
+  }
 }
-Result<std::unique_ptr<Listener>> ZmqTransport::subscribe(const Subscription&) {
-  return Status(StatusCode::kInvalidState, "notifications over ZeroMQ are not available yet");
+
+Result<std::unique_ptr<Listener>> ZmqTransport::subscribe(const Subscription& subscription) {
+  if (subscription.topics.empty()) {
+    return Status(StatusCode::kInvalidTarget, "a subscription needs at least one topic");
+  }
+  if (subscription.topics.size() > kMaxSubscriptionTopics) {
+    return Status(StatusCode::kInvalidTarget, "too many topics in one subscription");
+  }
+  for (const std::string& topic : subscription.topics) {
+    if (topic.empty()) return Status(StatusCode::kInvalidTarget, "empty topic name");
+  }
+  try {
+    auto core = std::make_shared<detail::ZmqSubscriberCore>(shared_, subscription);
+    core->connect();
+    return std::unique_ptr<Listener>(
+        std::make_unique<detail::ZmqSubscriptionListener>(std::move(core)));
+  } catch (const zmq::error_t& e) {
+    return Status(StatusCode::kTransportError,
+                  "cannot connect to " + shared_->url_ + ": " + e.what());
+  } catch (const std::system_error& e) {
+    return Status(StatusCode::kTransportError, e.what());
+  }
 }
 
 }  // namespace switchboard

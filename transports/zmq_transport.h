@@ -139,8 +139,26 @@ class ZmqTransport final : public Transport {
                                                      LinkCallback onLink) override;
   using Transport::openChannel;
 
-  // Notifications over ZeroMQ are not available yet: both return kInvalidState.
+  // Notifications go through a ZmqNotificationBroker bound at url() (zmq_notification_broker.h;
+  // protocol in docs/PROTOCOL.md). They are plain even when Options configure CURVE (the broker
+  // has no CURVE yet).
+  // The unacknowledged deliveries a subscriber lets the broker send it ahead.
+  static constexpr uint32_t kNotificationWindow = 256;
+  // The most topics one subscription may have (the broker's limit).
+  static constexpr size_t kMaxSubscriptionTopics = 1024;
+  // Sends to the broker on a DEALER this transport keeps (made by the first publish()), never
+  // blocking: kOverloaded when that socket is at its high-water mark, kInvalidTarget for an
+  // empty topic. Before the broker is reachable ZeroMQ queues what is published (up to the
+  // high-water mark); what a broker that is down never gets is lost.
   Status publish(std::string_view topic, std::string bytes) override;
+  // A listener with a DEALER of its own connected to the broker: it subscribes at once and
+  // again every heartbeatIvlMs from poll() and when it settles a message (so a restarted broker
+  // learns it again, and the broker does not expire it: poll it more often than the broker's
+  // subscriberTimeout). A message's acknowledge() and requeue() tell the broker, from any
+  // thread, and do nothing once the listener is closed; one destroyed unsettled is requeued;
+  // reply() is kInvalidState. close() unsubscribes: what the listener held unacknowledged goes
+  // back to its pool (an unpooled listener's is dropped). kInvalidTarget without a topic, with
+  // an empty one or too many; kTransportError when the socket cannot be set up.
   Result<std::unique_ptr<Listener>> subscribe(const Subscription& subscription) override;
 
   const std::string& url() const;
