@@ -262,5 +262,37 @@ TEST(ToolsCurveProcessTest, KeygenServerAndCallWithKeys) {
   EXPECT_EQ(server.waitExit(deadlineAfter(testing::kDefaultWait)), 0);
 }
 
+TEST(ToolsNotificationTest, CliNotifyReachesCliListenThroughTheServersBroker) {
+  using namespace std::chrono_literals;
+  ServerProcess server("threadpool", "tcp://127.0.0.1:0",
+                       {"--notification-broker", "tcp://127.0.0.1:0"});
+  ASSERT_FALSE(server.url().empty()) << "the server did not start";
+  const std::string prefix = "notification broker on ";
+  std::optional<std::string> line = server.process().readLine(deadlineAfter(10s));
+  ASSERT_TRUE(line && line->rfind(prefix, 0) == 0) << line.value_or("(nothing)");
+  const std::string broker = line->substr(prefix.size());
+  ChildProcess listener({envOr("SWITCHBOARD_CALL", "switchboard-call"), "listen", "--connect",
+                         broker, "--topic", "ops", "--priority", "warn", "--count", "1",
+                         "--timeout", "20000"});
+  // A listener gets what is published after its subscription reached the broker, which nothing
+  // reports: publish until one arrives (each wait bounded), as a late PUB/SUB subscriber would.
+  std::optional<std::string> received;
+  for (int attempt = 0; attempt < 50 && !received; ++attempt) {
+    const std::string notify = envOr("SWITCHBOARD_CALL", "switchboard-call") +
+                               " notify --connect " + broker +
+                               " --topic ops --priority warn --event-type disk.low "
+                               "--publisher-id host1 '{\"free\":3}'";
+    ASSERT_EQ(run(notify).exitCode, 0);
+    received = listener.readLine(deadlineAfter(200ms));
+  }
+  ASSERT_TRUE(received) << "no notification reached the listener";
+  for (const char* field : {"\"publisher_id\":\"host1\"", "\"event_type\":\"disk.low\"",
+                            "\"priority\":\"warn\"", "\"payload\":{\"free\":3}"}) {
+    EXPECT_NE(received->find(field), std::string::npos) << field << " in " << *received;
+  }
+  EXPECT_EQ(listener.waitExit(deadlineAfter(10s)).value_or(-1), 0) << "--count 1 ends it";
+  EXPECT_EQ(server.terminate(), 0);
+}
+
 }  // namespace
 }  // namespace switchboard

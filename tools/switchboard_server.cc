@@ -14,6 +14,7 @@
 #include <iostream>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -28,6 +29,7 @@
 #include "messaging/server.h"
 #include "tools/sample_service.h"
 #include "transports/transport_factory.h"
+#include "transports/zmq_notification_broker.h"
 
 using namespace switchboard;
 
@@ -125,6 +127,7 @@ std::string hostName() {
 int main(int argc, char** argv) {
   CLI::App app("switchboard-server: the sample Switchboard RPC server");
   std::string listen = "tcp://127.0.0.1:5555";
+  std::string brokerUrl;  // empty: no notification broker
   std::string executorKind = "threadpool";
   ThreadPoolExecutor::Options pool;
   std::string name = hostName();
@@ -136,6 +139,8 @@ int main(int argc, char** argv) {
   int statsIntervalMs = 0;
   std::string statsFile;
   std::string journalFile;
+  app.add_option("--notification-broker", brokerUrl,
+                 "also run a notification broker on this ZeroMQ URL (switchboard-call notify/listen)");
   app.add_option("--listen", listen, "URL to serve on (tcp://, ipc://, inproc://, memory://)")
       ->capture_default_str();
   app.add_option("--executor", executorKind, "threadpool, blocking or eventloop")
@@ -225,6 +230,16 @@ int main(int argc, char** argv) {
     std::cerr << "switchboard-server: " << transport.status() << "\n";
     return 2;
   }
+  std::optional<ZmqNotificationBroker> broker;  // stopped and joined by its destructor
+  if (!brokerUrl.empty()) {
+    ZmqNotificationBroker::Options brokerOptions;
+    brokerOptions.log = log;
+    broker.emplace(factory.zmqContext(), brokerUrl, brokerOptions);
+    if (Status started = broker->start(); !started) {
+      std::cerr << "switchboard-server: notification broker: " << started << "\n";
+      return 2;
+    }
+  }
   Target target;
   target.topic = topic;
   target.server = name;
@@ -238,6 +253,7 @@ int main(int argc, char** argv) {
   }
   auto* zmq = dynamic_cast<ZmqTransport*>(transport->get());
   std::cout << "listening on " << (zmq ? zmq->boundEndpoint() : listen) << std::endl;
+  if (broker) std::cout << "notification broker on " << broker->boundEndpoint() << std::endl;
   logger->info("serving topic {} as {} on {} with the {} executor", topic, name,
                zmq ? zmq->boundEndpoint() : listen, executorKind);
 
