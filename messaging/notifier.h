@@ -31,8 +31,8 @@ class Notifier {
     LogSink log = stderrLogSink();
   };
   struct Overrides {
-    std::optional<std::string> publisherId;
-    std::optional<int> retry;
+    std::optional<std::string> publisherId{};
+    std::optional<int> retry{};
   };
   struct Stats {
     uint64_t sent = 0;    // notifications published (once per topic)
