@@ -92,7 +92,7 @@ class NotificationEndpoint {
 class NotificationListener final {
  public:
   struct Options {
-    std::string pool;           // listeners of one pool share the notifications
+    std::string pool{};         // listeners of one pool share the notifications
     bool allowRequeue = false;  // honour kRequeue
     size_t batchSize = 0;       // 0: one notification at a time (NotificationHandler)
     Duration batchTimeout = Duration::zero();  // zero: no timeout (full batches only)
