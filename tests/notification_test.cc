@@ -18,6 +18,7 @@
 #include "tests/support/executor_kinds.h"
 #include "tests/support/mock_transport.h"
 #include "tests/support/test_util.h"
+#include "transports/detail/notification_router.h"
 #include "transports/in_memory_transport.h"
 
 namespace switchboard {
@@ -84,6 +85,42 @@ class Recorder {
 std::vector<Target> topic(std::string name) { return {Target{.topic = std::move(name)}}; }
 
 std::unique_ptr<Executor> pool() { return testing::ThreadPoolKind::make(); }
+
+// ----- the router's settling rules -------------------------------------------------------------
+
+TEST(NotificationRouterTest, RequeueCountsAnAttemptReleaseDoesNotAndEachSettlesOnce) {
+  detail::NotificationRouter router(detail::NotificationRouter::Options{.maxQueued = 10,
+                                                                        .maxDeliveries = 2});
+  const auto id = router.subscribe({{"t"}, "pool"}, [] {}).value();
+  router.publish("t", "body");
+  std::vector<detail::NotificationRouter::Delivery> taken;
+  for (int round = 0; round < 3; ++round) {  // released: never an attempt, so never exhausted
+    taken.clear();
+    router.take(id, 10, taken);
+    ASSERT_EQ(taken.size(), 1u);
+    EXPECT_EQ(taken[0].attempt, 1u);
+    EXPECT_EQ(router.heldCount(id), 1u);
+    EXPECT_TRUE(router.release(id, taken[0].id));
+    EXPECT_FALSE(router.release(id, taken[0].id)) << "settled once";
+  }
+  taken.clear();
+  router.take(id, 10, taken);
+  ASSERT_TRUE(router.requeue(id, taken[0].id));
+  taken.clear();
+  router.take(id, 10, taken);
+  ASSERT_EQ(taken.size(), 1u);
+  EXPECT_EQ(taken[0].attempt, 2u);
+  EXPECT_TRUE(router.requeue(id, taken[0].id));  // the last allowed delivery: dropped
+  taken.clear();
+  router.take(id, 10, taken);
+  EXPECT_TRUE(taken.empty());
+  EXPECT_FALSE(router.acknowledge(id, 12345)) << "not held";
+  const NotificationStats stats = router.stats();
+  EXPECT_EQ(stats.exhausted, 1u);
+  EXPECT_EQ(stats.requeued, 1u);
+  EXPECT_EQ(stats.delivered, 5u);
+  EXPECT_EQ(router.heldCount(id), 0u);
+}
 
 // ----- Notifier ------------------------------------------------------------------------------
 

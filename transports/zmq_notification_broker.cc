@@ -1,24 +1,21 @@
 // ZmqNotificationBroker: one thread owns the ROUTER and the table of subscribers (identity,
-// window, held deliveries, last heard from); the NotificationRouter decides who gets what.
+// window, last heard from); the NotificationRouter decides who gets what and counts what each holds.
 #include "transports/zmq_notification_broker.h"
-
-#include <sys/eventfd.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <charconv>
 #include <map>
 #include <mutex>
 #include <set>
-#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
 #include <zmq.hpp>
 
 #include "transports/detail/notification_router.h"
+#include "transports/detail/zmq_frames.h"
+#include "transports/detail/zmq_socket.h"
 #include "transports/zmq_transport.h"
 
 namespace switchboard {
@@ -30,24 +27,6 @@ constexpr size_t kMaxFrames = 1027;
 // Messages received per turn before the loop serves deliveries again.
 constexpr size_t kReceiveBatch = 1024;
 
-// Parses all of `text` as a decimal number; false for anything else (empty, sign, overflow).
-template <typename T>
-bool parseDecimal(const std::string& text, T& value) {
-  if (text.empty()) return false;
-  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
-  return error == std::errc() && end == text.data() + text.size();
-}
-
-std::string hexOf(const std::string& bytes) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : bytes) {
-    out += kHex[c >> 4];
-    out += kHex[c & 15];
-  }
-  return out;
-}
-
 }  // namespace
 
 struct ZmqNotificationBroker::Impl {
@@ -56,8 +35,7 @@ struct ZmqNotificationBroker::Impl {
     detail::NotificationRouter::SubscriberId id = 0;
     std::string pool;
     std::vector<std::string> topics;
-    uint32_t window = 1;
-    std::set<uint64_t> held;  // delivery ids sent, not yet acknowledged or requeued
+    uint32_t window = 1;  // the most deliveries it may hold unsettled (the router counts them)
     Deadline lastHeard;
     bool stalled = false;  // its pipe was full: not served until it sends something
   };
@@ -66,27 +44,15 @@ struct ZmqNotificationBroker::Impl {
       : context_(*static_cast<zmq::context_t*>(context.handle())),
         url_(std::move(url)),
         options_(std::move(options)),
-        router_(detail::NotificationRouter::Options{options_.maxQueued, options_.maxDeliveries}),
-        wakeFd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
-    if (wakeFd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
-  }
-  ~Impl() {
-    stop();
-    ::close(wakeFd_);
-  }
+        router_(detail::NotificationRouter::Options{options_.maxQueued, options_.maxDeliveries}) {}
+  ~Impl() { stop(); }
 
   Status start() {
     std::lock_guard<std::mutex> lock(mutex_);
     if (started_) return Status(StatusCode::kInvalidState, "the broker was started before");
     try {
       zmq::socket_t socket(context_, zmq::socket_type::router);
-      socket.set(zmq::sockopt::linger, options_.lingerMs);
-      socket.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(options_.maxMessageBytes));
-      socket.set(zmq::sockopt::heartbeat_ivl, options_.heartbeatIvlMs);
-      socket.set(zmq::sockopt::heartbeat_timeout, options_.heartbeatTimeoutMs);
-      socket.set(zmq::sockopt::heartbeat_ttl, options_.heartbeatTimeoutMs);
-      socket.set(zmq::sockopt::sndhwm, options_.sendHighWaterMark);
-      socket.set(zmq::sockopt::rcvhwm, options_.sendHighWaterMark);
+      detail::applySocketOptions(socket, options_);
       socket.set(zmq::sockopt::router_mandatory, 1);
       // A subscriber that reconnects with its routing id takes over its old connection.
       socket.set(zmq::sockopt::router_handover, 1);
@@ -109,8 +75,7 @@ struct ZmqNotificationBroker::Impl {
     }
     if (!thread.joinable()) return;
     stopping_.store(true);
-    const uint64_t one = 1;
-    [[maybe_unused]] ssize_t n = ::write(wakeFd_, &one, sizeof one);
+    waker_.wake();
     thread.join();
   }
 
@@ -139,15 +104,11 @@ struct ZmqNotificationBroker::Impl {
           expireSilent();
           nextSweep = Clock::now() + sweepEvery;
         }
-        long timeoutMs = 0;
-        if (ready_.empty()) {
-          const auto left = nextSweep - Clock::now();
-          timeoutMs = std::max<long>(
-              0, static_cast<long>(std::chrono::ceil<std::chrono::milliseconds>(left).count()));
-        }
+        const long timeoutMs = ready_.empty() ? detail::pollTimeoutMs(nextSweep) : 0;
         zmq_pollitem_t items[2] = {{socket_.handle(), 0, ZMQ_POLLIN, 0},
-                                   {nullptr, wakeFd_, ZMQ_POLLIN, 0}};
+                                   {nullptr, waker_.fd(), ZMQ_POLLIN, 0}};
         zmq::poll(items, 2, std::chrono::milliseconds(timeoutMs));
+        if (items[1].revents != 0) waker_.drain();
       } catch (const zmq::error_t& e) {
         if (e.num() == EINTR) continue;
         if (e.num() == ETERM) break;
@@ -213,16 +174,14 @@ struct ZmqNotificationBroker::Impl {
       case 'R': {
         uint64_t deliveryId = 0;
         if (frames.size() != 2) return malformed(identity, "A or R needs 2 frames");
-        if (!parseDecimal(frames[1], deliveryId)) return malformed(identity, "bad delivery id");
-        if (peer == peers_.end()) return;  // expired, or from before a broker restart
-        Peer& p = peer->second;
-        if (p.held.erase(deliveryId) == 0) return;  // not its, or settled already
-        if (frames[0][0] == 'A') {
-          router_.acknowledge(p.id, deliveryId);
-        } else {
-          router_.requeue(p.id, deliveryId);
+        if (!detail::parseDecimal(frames[1], deliveryId)) {
+          return malformed(identity, "bad delivery id");
         }
-        ready_.insert(identity);  // a slot of its window is free
+        if (peer == peers_.end()) return;  // expired, or from before a broker restart
+        const detail::NotificationRouter::SubscriberId id = peer->second.id;
+        const bool settled = frames[0][0] == 'A' ? router_.acknowledge(id, deliveryId)
+                                                 : router_.requeue(id, deliveryId);
+        if (settled) ready_.insert(identity);  // a slot of its window is free
         return;
       }
       case 'U':
@@ -238,7 +197,7 @@ struct ZmqNotificationBroker::Impl {
   void subscribe(const std::string& identity, const std::vector<std::string>& frames) {
     uint32_t window = 0;
     if (frames.size() < 4) return malformed(identity, "S needs a pool, a window and a topic");
-    if (!parseDecimal(frames[2], window) || window == 0 || window > kMaxWindow) {
+    if (!detail::parseDecimal(frames[2], window) || window == 0 || window > kMaxWindow) {
       return malformed(identity, "bad window");
     }
     Subscription subscription;
@@ -284,25 +243,22 @@ struct ZmqNotificationBroker::Impl {
       auto peer = peers_.find(identity);
       if (peer == peers_.end() || peer->second.stalled) continue;
       Peer& p = peer->second;
-      if (p.held.size() >= p.window) continue;  // an acknowledgement marks it ready again
+      const size_t held = router_.heldCount(p.id);
+      if (held >= p.window) continue;  // an acknowledgement marks it ready again
       deliveries.clear();
-      router_.take(p.id, p.window - p.held.size(), deliveries);
+      router_.take(p.id, p.window - held, deliveries);
       for (size_t i = 0; i < deliveries.size(); ++i) {
-        const detail::NotificationRouter::Delivery& d = deliveries[i];
-        p.held.insert(d.id);
-        const int sent = sendDelivery(identity, d);
+        const int sent = sendDelivery(identity, deliveries[i]);
         if (sent == 0) continue;
         if (sent == EHOSTUNREACH) {  // gone: what it holds, this one too, goes back
           forget(peer);
           break;
         }
-        // Its pipe is full (EAGAIN): give back this one and the rest, wait to hear from it.
+        // Its pipe is full (EAGAIN): this one and the rest never reached it; they go back
+        // without counting an attempt, and it waits until it is heard from.
         p.stalled = true;
-        for (size_t j = i; j < deliveries.size(); ++j) {
-          p.held.erase(deliveries[j].id);
-          router_.requeue(p.id, deliveries[j].id);
-        }
-        ready_.erase(identity);  // the requeue marked it; it waits for its next message
+        for (size_t j = i; j < deliveries.size(); ++j) router_.release(p.id, deliveries[j].id);
+        ready_.erase(identity);  // the release marked it
         break;
       }
     }
@@ -333,7 +289,7 @@ struct ZmqNotificationBroker::Impl {
         const uint64_t n = subscribersExpired_.fetch_add(1, std::memory_order_relaxed) + 1;
         if (isLoggedOccurrence(n)) {
           options_.log(LogLevel::kWarning, "zmq-broker", "unsubscribed a silent subscriber",
-                       {{"peer", hexOf(it->first)}, {"count", std::to_string(n)}, {"url", url_}});
+                       {{"peer", detail::hexOf(it->first)}, {"count", std::to_string(n)}, {"url", url_}});
         }
         forget(it);
       }
@@ -346,7 +302,7 @@ struct ZmqNotificationBroker::Impl {
     if (isLoggedOccurrence(n)) {
       options_.log(LogLevel::kWarning, "zmq-broker",
                    std::string("dropped a malformed message: ") + std::string(why),
-                   {{"peer", hexOf(identity)}, {"count", std::to_string(n)}, {"url", url_}});
+                   {{"peer", detail::hexOf(identity)}, {"count", std::to_string(n)}, {"url", url_}});
     }
   }
 
@@ -354,7 +310,7 @@ struct ZmqNotificationBroker::Impl {
   const std::string url_;
   const Options options_;
   detail::NotificationRouter router_;
-  const int wakeFd_;  // written by stop(), polled by the routing thread
+  detail::Waker waker_;  // woken by stop(), polled by the routing thread
   std::atomic<bool> stopping_{false};
   std::atomic<uint64_t> malformedDropped_{0}, subscribersExpired_{0}, subscribers_{0};
 

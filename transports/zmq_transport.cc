@@ -6,13 +6,11 @@
 #include "transports/zmq_transport.h"
 
 #include <fcntl.h>
-#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
-#include <charconv>
 #include <cstdio>
 #include <cstring>
 #include <deque>
@@ -25,6 +23,7 @@
 #include <zmq.hpp>
 
 #include "transports/detail/zmq_frames.h"
+#include "transports/detail/zmq_socket.h"
 
 namespace switchboard {
 namespace detail {
@@ -58,29 +57,6 @@ class ZmqShared {
       options_.log(LogLevel::kWarning, "zmq", why, {{"count", std::to_string(n)}, {"url", url_}});
     }
   }
-};
-
-// A waker for zmq::poll: an eventfd any thread may signal.
-class Waker {
- public:
-  Waker() : fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
-    if (fd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
-  }
-  ~Waker() { ::close(fd_); }
-  Waker(const Waker&) = delete;
-  Waker& operator=(const Waker&) = delete;
-  void wake() {
-    const uint64_t one = 1;
-    [[maybe_unused]] ssize_t n = ::write(fd_, &one, sizeof one);
-  }
-  void drain() {
-    uint64_t value;
-    [[maybe_unused]] ssize_t n = ::read(fd_, &value, sizeof value);
-  }
-  int fd() const { return fd_; }
-
- private:
-  int fd_;
 };
 
 // The ZAP handler (RFC 27) of one context: a thread with a ROUTER bound to
@@ -270,44 +246,83 @@ class ZapHandler {
   std::thread thread_;  // started by admit(), joined by admit() or stop(); under mutex_
 };
 
-void applySocketOptions(zmq::socket_t& socket, const ZmqTransport::Options& o) {
-  socket.set(zmq::sockopt::linger, o.lingerMs);
-  socket.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(o.maxMessageBytes));
-  socket.set(zmq::sockopt::heartbeat_ivl, o.heartbeatIvlMs);
-  socket.set(zmq::sockopt::heartbeat_timeout, o.heartbeatTimeoutMs);
-  socket.set(zmq::sockopt::heartbeat_ttl, o.heartbeatTimeoutMs);
-  socket.set(zmq::sockopt::sndhwm, o.sendHighWaterMark);
-  socket.set(zmq::sockopt::rcvhwm, o.sendHighWaterMark);
-}
+// A socket shared, under mutex_, by the thread that receives from it and by any thread that
+// sends on it (a ROUTER listener's replies, a broker subscriber's acknowledgements): no hand-off
+// to the receiving thread. The receiving thread sleeps on the socket's ZMQ_FD without the mutex;
+// since that descriptor signals changes only, a sender that may have consumed the signal of a
+// message now readable wakes it through the waker.
+class PolledSocket {
+ public:
+  PolledSocket(zmq::context_t& context, zmq::socket_type type) : socket_(context, type) {}
 
-// Milliseconds for zmq::poll until `deadline`: -1 for none, rounded up so it never spins.
-long pollTimeoutMs(Deadline deadline) {
-  if (deadline == kNoDeadline) return -1;
-  const auto left = deadline - Clock::now();
-  if (left <= Duration::zero()) return 0;
-  const auto ms = std::chrono::ceil<std::chrono::milliseconds>(left).count();
-  return ms > 3600 * 1000 ? 3600 * 1000 : static_cast<long>(ms);
-}
+  // After a send under mutex_: wakes the receiving thread when that send hid a readable message.
+  // Throws zmq::error_t.
+  void wakePollerIfReadableLocked() {
+    if (pollerAsleep_ && isReadable(socket_)) waker_.wake();
+  }
+  // A pollReceived() blocked now returns promptly, or the next one returns at once.
+  void interrupt() {
+    interrupted_.store(true);
+    waker_.wake();
+  }
 
-// True when `socket` has a message to read. Reading ZMQ_EVENTS also resets the socket's ZMQ_FD,
-// which signals only changes: a thread that used the socket must look here before it (or
-// another) sleeps on that descriptor.
-bool isReadable(zmq::socket_t& socket) {
-  return (socket.get(zmq::sockopt::events) & ZMQ_POLLIN) != 0;
-}
+  // The receiving loop of a Listener::poll(): under mutex_, `takeLocked(wakeAt)` takes what
+  // arrived and returns how many (it may bring `wakeAt`, initially `deadline`, forward); with
+  // nothing taken and nothing readable it sleeps until a message, interrupt() or wakeAt.
+  // kShuttingDown once closed, kTransportError when the socket fails.
+  template <typename TakeLocked>
+  Status pollReceived(Deadline deadline, TakeLocked&& takeLocked) {
+    for (;;) {
+      int socketFd = -1;
+      Deadline wakeAt = deadline;
+      try {
+        std::lock_guard<std::mutex> lock(mutex_);
+        pollerAsleep_ = false;
+        if (closed_) return Status(StatusCode::kShuttingDown, "listener closed");
+        if (takeLocked(wakeAt) > 0) return Status::ok();
+        if (isReadable(socket_)) continue;
+        socketFd = socket_.get(zmq::sockopt::fd);
+        pollerAsleep_ = true;
+      } catch (const zmq::error_t& e) {
+        return Status(StatusCode::kTransportError, e.what());
+      }
+      if (interrupted_.exchange(false)) return Status::ok();
+      zmq_pollitem_t items[2] = {{nullptr, socketFd, ZMQ_POLLIN, 0},
+                                 {nullptr, waker_.fd(), ZMQ_POLLIN, 0}};
+      try {
+        zmq::poll(items, 2, std::chrono::milliseconds(pollTimeoutMs(wakeAt)));
+      } catch (const zmq::error_t& e) {
+        if (e.num() != EINTR) return Status(StatusCode::kTransportError, e.what());
+      }
+      if (items[1].revents != 0) waker_.drain();
+      if (items[0].revents == 0 && items[1].revents == 0 && Clock::now() >= deadline) {
+        return Status::ok();
+      }
+    }
+  }
 
-// The ROUTER of one listener, shared with the messages it took so they can reply. Used under
-// mutex_ in turn by the polling thread (receives) and by any thread that replies (sends at once:
-// no hand-off to the polling thread). The polling thread sleeps on the socket's ZMQ_FD without
-// the mutex; a reply that consumed the signal of a message now readable wakes it.
-class ZmqListenerCore {
+  std::mutex mutex_;
+  zmq::socket_t socket_;  // guarded by mutex_ once in use
+  bool closed_ = false;   // guarded by mutex_
+  // guarded by mutex_: the receiving thread looked at the socket last and sleeps on its ZMQ_FD
+  // (or is about to); only then may another user's send hide a readable message from it
+  bool pollerAsleep_ = false;
+
+ private:
+  Waker waker_;
+  std::atomic<bool> interrupted_{false};
+};
+
+// The ROUTER of one listener (a PolledSocket), shared with the messages it took so they can
+// reply on the replying thread.
+class ZmqListenerCore : public PolledSocket {
  public:
   // `zapDomain`: the domain a CURVE listener registered with the ZAP handler, released on close
   // (empty for a plain listener).
   ZmqListenerCore(std::shared_ptr<ZmqShared> shared, std::string zapDomain)
-      : shared_(std::move(shared)),
-        zapDomain_(std::move(zapDomain)),
-        router_(shared_->context_, zmq::socket_type::router) {}
+      : PolledSocket(shared->context_, zmq::socket_type::router),
+        shared_(std::move(shared)),
+        zapDomain_(std::move(zapDomain)) {}
   ~ZmqListenerCore() {
     if (!zapDomain_.empty()) shared_->zap_.release(zapDomain_);
   }
@@ -325,7 +340,7 @@ class ZmqListenerCore {
     }
     sendLocked(routing, body);
     try {
-      if (pollerAsleep_ && isReadable(router_)) waker_.wake();
+      wakePollerIfReadableLocked();
     } catch (const zmq::error_t&) {
     }
     return Status::ok();
@@ -334,12 +349,12 @@ class ZmqListenerCore {
   void sendLocked(const std::vector<std::string>& routing, const std::string& body) {
     try {
       for (const std::string& frame : routing) {
-        if (!router_.send(zmq::buffer(frame), zmq::send_flags::sndmore | zmq::send_flags::dontwait)) {
+        if (!socket_.send(zmq::buffer(frame), zmq::send_flags::sndmore | zmq::send_flags::dontwait)) {
           shared_->drop(shared_->repliesDropped_, "reply dropped: peer at its high-water mark");
           return;
         }
       }
-      if (router_.send(zmq::buffer(body), zmq::send_flags::dontwait)) {
+      if (socket_.send(zmq::buffer(body), zmq::send_flags::dontwait)) {
         shared_->repliesSent_.fetch_add(1, std::memory_order_relaxed);
       } else {
         shared_->drop(shared_->repliesDropped_, "reply dropped: peer at its high-water mark");
@@ -355,21 +370,13 @@ class ZmqListenerCore {
       std::lock_guard<std::mutex> lock(mutex_);
       if (closed_) return;
       closed_ = true;
-      router_.close();
+      socket_.close();
     }
     if (!zapDomain_.empty()) shared_->zap_.release(zapDomain_);
   }
 
   std::shared_ptr<ZmqShared> shared_;
   const std::string zapDomain_;
-  std::mutex mutex_;
-  zmq::socket_t router_;  // guarded by mutex_ once listening
-  bool closed_ = false;   // guarded by mutex_
-  // guarded by mutex_: the polling thread looked at the socket last and sleeps on its ZMQ_FD (or
-  // is about to); only then may another user's send hide a readable message from it
-  bool pollerAsleep_ = false;
-  Waker waker_;
-  std::atomic<bool> interrupted_{false};
 };
 
 class ZmqIncoming final : public IncomingMessage {
@@ -380,12 +387,7 @@ class ZmqIncoming final : public IncomingMessage {
         routing_(std::move(routing)),
         body_(std::move(body)),
         identity_(std::move(identity)) {
-    static constexpr char kHex[] = "0123456789abcdef";
-    peer_ = "zmq:";
-    for (unsigned char c : routing_.front()) {
-      peer_ += kHex[c >> 4];
-      peer_ += kHex[c & 15];
-    }
+    peer_ = "zmq:" + hexOf(routing_.front());
   }
   const std::string& body() const override { return body_; }
   Status reply(std::string bytes) override { return core_->reply(routing_, bytes); }
@@ -408,39 +410,10 @@ class ZmqListener final : public Listener {
 
   Status poll(Deadline deadline, size_t maxBatch, std::vector<IncomingPtr>& out) override {
     if (maxBatch == 0) return Status::ok();
-    for (;;) {
-      int socketFd = -1;
-      try {
-        std::lock_guard<std::mutex> lock(core_->mutex_);
-        core_->pollerAsleep_ = false;
-        if (core_->closed_) return Status(StatusCode::kShuttingDown, "listener closed");
-        if (drainLocked(maxBatch, out) > 0) return Status::ok();
-        if (isReadable(core_->router_)) continue;
-        socketFd = core_->router_.get(zmq::sockopt::fd);
-        core_->pollerAsleep_ = true;
-      } catch (const zmq::error_t& e) {
-        return Status(StatusCode::kTransportError, e.what());
-      }
-      if (core_->interrupted_.exchange(false)) return Status::ok();
-      const long timeout = pollTimeoutMs(deadline);
-      zmq_pollitem_t items[2] = {{nullptr, socketFd, ZMQ_POLLIN, 0},
-                                 {nullptr, core_->waker_.fd(), ZMQ_POLLIN, 0}};
-      try {
-        zmq::poll(items, 2, std::chrono::milliseconds(timeout));
-      } catch (const zmq::error_t& e) {
-        if (e.num() != EINTR) return Status(StatusCode::kTransportError, e.what());
-      }
-      if (items[1].revents != 0) core_->waker_.drain();
-      if (items[0].revents == 0 && items[1].revents == 0 && Clock::now() >= deadline) {
-        return Status::ok();
-      }
-    }
+    return core_->pollReceived(deadline, [&](Deadline&) { return drainLocked(maxBatch, out); });
   }
 
-  void interrupt() override {
-    core_->interrupted_.store(true);
-    core_->waker_.wake();
-  }
+  void interrupt() override { core_->interrupt(); }
 
   void close() override { core_->close(); }
 
@@ -450,12 +423,12 @@ class ZmqListener final : public Listener {
     size_t taken = 0;
     while (taken < maxBatch) {
       zmq::message_t frame;
-      if (!core_->router_.recv(frame, zmq::recv_flags::dontwait)) break;
+      if (!core_->socket_.recv(frame, zmq::recv_flags::dontwait)) break;
       std::vector<std::string> frames;
       frames.push_back(frame.to_string());
       bool tooMany = false;
       while (frame.more()) {
-        (void)core_->router_.recv(frame);  // parts of one message arrive together
+        (void)core_->socket_.recv(frame);  // parts of one message arrive together
         if (frames.size() < shared.options_.maxFrames) {
           frames.push_back(frame.to_string());
         } else {
@@ -761,18 +734,16 @@ class ZmqChannel final : public ClientChannel {
 };
 
 // A subscriber of the notification broker (zmq_notification_broker.h): a DEALER connected to
-// it, received from by the listener's polling thread and sent on (A, R, S) by any thread that
-// settles a message, in turn under mutex_ (the ZmqListenerCore scheme: the polling thread
-// sleeps on ZMQ_FD without the mutex; a send that consumed the signal of a readable message
-// wakes it).
-class ZmqSubscriberCore {
+// it (a PolledSocket), received from by the listener's polling thread and sent on (A, R, S) by
+// any thread that settles a message.
+class ZmqSubscriberCore : public PolledSocket {
  public:
   ZmqSubscriberCore(std::shared_ptr<ZmqShared> shared, Subscription subscription)
-      : shared_(std::move(shared)),
+      : PolledSocket(shared->context_, zmq::socket_type::dealer),
+        shared_(std::move(shared)),
         subscription_(std::move(subscription)),
         peer_("zmq-broker:" + shared_->url_),
-        window_(std::to_string(ZmqTransport::kNotificationWindow)),
-        dealer_(shared_->context_, zmq::socket_type::dealer) {}
+        window_(std::to_string(ZmqTransport::kNotificationWindow)) {}
   ZmqSubscriberCore(const ZmqSubscriberCore&) = delete;
   ZmqSubscriberCore& operator=(const ZmqSubscriberCore&) = delete;
 
@@ -780,13 +751,13 @@ class ZmqSubscriberCore {
   // sends the subscription. Throws zmq::error_t.
   void connect() {
     std::lock_guard<std::mutex> lock(mutex_);
-    applySocketOptions(dealer_, shared_->options_);
+    applySocketOptions(socket_, shared_->options_);
     std::random_device random;
     std::string id(16, '\0');
     for (char& c : id) c = static_cast<char>(random());
     if (id[0] == '\0') id[0] = 1;  // ids starting with a zero byte are ZeroMQ's
-    dealer_.set(zmq::sockopt::routing_id, zmq::buffer(id));
-    dealer_.connect(shared_->url_);
+    socket_.set(zmq::sockopt::routing_id, zmq::buffer(id));
+    socket_.connect(shared_->url_);
     sendSubscribeLocked();
   }
 
@@ -801,7 +772,7 @@ class ZmqSubscriberCore {
                       "acknowledgement dropped: the broker's high-water mark is reached");
       }
       if (Clock::now() >= nextHeartbeat_) sendSubscribeLocked();
-      if (pollerAsleep_ && isReadable(dealer_)) waker_.wake();
+      wakePollerIfReadableLocked();
     } catch (const zmq::error_t& e) {
       shared_->drop(shared_->settlesDropped_, std::string("acknowledgement dropped: ") + e.what());
     }
@@ -821,7 +792,7 @@ class ZmqSubscriberCore {
       const auto flags = i + 1 < frames.size()
                              ? zmq::send_flags::sndmore | zmq::send_flags::dontwait
                              : zmq::send_flags::dontwait;
-      if (!dealer_.send(zmq::buffer(frames[i]), flags)) return false;  // only the first fails
+      if (!socket_.send(zmq::buffer(frames[i]), flags)) return false;  // only the first fails
     }
     return true;
   }
@@ -838,20 +809,14 @@ class ZmqSubscriberCore {
       (void)sendLocked({"U"});
     } catch (const zmq::error_t&) {
     }
-    dealer_.close();
+    socket_.close();
   }
 
   std::shared_ptr<ZmqShared> shared_;
   const Subscription subscription_;
   const std::string peer_;
   const std::string window_;
-  std::mutex mutex_;
-  zmq::socket_t dealer_;       // guarded by mutex_
-  bool closed_ = false;        // guarded by mutex_
-  bool pollerAsleep_ = false;  // guarded by mutex_: as ZmqListenerCore::pollerAsleep_
-  Deadline nextHeartbeat_{};   // guarded by mutex_: when the next S is due
-  Waker waker_;
-  std::atomic<bool> interrupted_{false};
+  Deadline nextHeartbeat_{};  // guarded by mutex_: when the next S is due
 };
 
 // One delivery of the broker. Thread-safe; settles once; destroyed unsettled, it is requeued.
@@ -891,41 +856,14 @@ class ZmqSubscriptionListener final : public Listener {
   // expiring this subscriber while its owner polls.
   Status poll(Deadline deadline, size_t maxBatch, std::vector<IncomingPtr>& out) override {
     if (maxBatch == 0) return Status::ok();
-    for (;;) {
-      int socketFd = -1;
-      Deadline wakeAt = deadline;
-      try {
-        std::lock_guard<std::mutex> lock(core_->mutex_);
-        core_->pollerAsleep_ = false;
-        if (core_->closed_) return Status(StatusCode::kShuttingDown, "listener closed");
-        if (Clock::now() >= core_->nextHeartbeat_) core_->sendSubscribeLocked();
-        if (drainLocked(maxBatch, out) > 0) return Status::ok();
-        if (isReadable(core_->dealer_)) continue;
-        socketFd = core_->dealer_.get(zmq::sockopt::fd);
-        core_->pollerAsleep_ = true;
-        wakeAt = std::min(deadline, core_->nextHeartbeat_);
-      } catch (const zmq::error_t& e) {
-        return Status(StatusCode::kTransportError, e.what());
-      }
-      if (core_->interrupted_.exchange(false)) return Status::ok();
-      zmq_pollitem_t items[2] = {{nullptr, socketFd, ZMQ_POLLIN, 0},
-                                 {nullptr, core_->waker_.fd(), ZMQ_POLLIN, 0}};
-      try {
-        zmq::poll(items, 2, std::chrono::milliseconds(pollTimeoutMs(wakeAt)));
-      } catch (const zmq::error_t& e) {
-        if (e.num() != EINTR) return Status(StatusCode::kTransportError, e.what());
-      }
-      if (items[1].revents != 0) core_->waker_.drain();
-      if (items[0].revents == 0 && items[1].revents == 0 && Clock::now() >= deadline) {
-        return Status::ok();
-      }
-    }
+    return core_->pollReceived(deadline, [&](Deadline& wakeAt) {
+      if (Clock::now() >= core_->nextHeartbeat_) core_->sendSubscribeLocked();
+      wakeAt = std::min(wakeAt, core_->nextHeartbeat_);
+      return drainLocked(maxBatch, out);
+    });
   }
 
-  void interrupt() override {
-    core_->interrupted_.store(true);
-    core_->waker_.wake();
-  }
+  void interrupt() override { core_->interrupt(); }
 
   void close() override { core_->close(); }
 
@@ -936,21 +874,15 @@ class ZmqSubscriptionListener final : public Listener {
     size_t taken = 0;
     while (taken < maxBatch) {
       zmq::message_t frame;
-      if (!core_->dealer_.recv(frame, zmq::recv_flags::dontwait)) break;
+      if (!core_->socket_.recv(frame, zmq::recv_flags::dontwait)) break;
       std::vector<std::string> frames;
       frames.push_back(frame.to_string());
       while (frame.more()) {
-        (void)core_->dealer_.recv(frame);  // parts of one message arrive together
+        (void)core_->socket_.recv(frame);  // parts of one message arrive together
         if (frames.size() <= 4) frames.push_back(frame.to_string());
       }
       uint64_t deliveryId = 0;
-      bool valid = frames.size() == 4 && frames[0] == "D" && !frames[1].empty();
-      if (valid) {
-        const char* idEnd = frames[1].data() + frames[1].size();
-        const auto [end, error] = std::from_chars(frames[1].data(), idEnd, deliveryId);
-        valid = error == std::errc() && end == idEnd;
-      }
-      if (!valid) {
+      if (frames.size() != 4 || frames[0] != "D" || !parseDecimal(frames[1], deliveryId)) {
         shared.drop(shared.malformedDropped_, "dropped a malformed message from the broker");
         continue;
       }
@@ -1037,17 +969,17 @@ Result<std::unique_ptr<Listener>> ZmqTransport::listen(const Address&) {
   }
   try {
     auto core = std::make_shared<detail::ZmqListenerCore>(shared_, zapDomain);
-    detail::applySocketOptions(core->router_, shared_->options_);
-    core->router_.set(zmq::sockopt::router_mandatory, 1);
+    detail::applySocketOptions(core->socket_, shared_->options_);
+    core->socket_.set(zmq::sockopt::router_mandatory, 1);
     if (core->isCurve()) {
-      core->router_.set(zmq::sockopt::curve_server, true);
-      core->router_.set(zmq::sockopt::curve_secretkey, o.curveSecretKey);
-      core->router_.set(zmq::sockopt::zap_domain, zapDomain);
+      core->socket_.set(zmq::sockopt::curve_server, true);
+      core->socket_.set(zmq::sockopt::curve_secretkey, o.curveSecretKey);
+      core->socket_.set(zmq::sockopt::zap_domain, zapDomain);
     }
-    core->router_.bind(shared_->url_);
+    core->socket_.bind(shared_->url_);
     {
       std::lock_guard<std::mutex> lock(shared_->mutex_);
-      shared_->boundEndpoint_ = core->router_.get(zmq::sockopt::last_endpoint);
+      shared_->boundEndpoint_ = core->socket_.get(zmq::sockopt::last_endpoint);
     }
     return std::unique_ptr<Listener>(std::make_unique<detail::ZmqListener>(std::move(core)));
   } catch (const zmq::error_t& e) {

@@ -113,32 +113,54 @@ void NotificationRouter::take(SubscriberId id, size_t max, std::vector<Delivery>
   }
 }
 
-void NotificationRouter::acknowledge(SubscriberId id, uint64_t deliveryId) {
-  std::lock_guard<std::mutex> lock(mutex_);
+bool NotificationRouter::settleLocked(SubscriberId id, uint64_t deliveryId, Delivery& out,
+                                      Subscriber*& subscriber) {
   auto it = subscribers_.find(id);
-  if (it == subscribers_.end()) return;
-  if (it->second.held.erase(deliveryId) != 0) ++stats_.acknowledged;
+  if (it == subscribers_.end()) return false;
+  auto held = it->second.held.find(deliveryId);
+  if (held == it->second.held.end()) return false;
+  out = std::move(held->second);
+  it->second.held.erase(held);
+  subscriber = &it->second;
+  return true;
 }
 
-void NotificationRouter::requeue(SubscriberId id, uint64_t deliveryId) {
+bool NotificationRouter::acknowledge(SubscriberId id, uint64_t deliveryId) {
   std::lock_guard<std::mutex> lock(mutex_);
-  auto it = subscribers_.find(id);
-  if (it == subscribers_.end()) return;
-  Subscriber& subscriber = it->second;
-  auto held = subscriber.held.find(deliveryId);
-  if (held == subscriber.held.end()) return;
-  Delivery delivery = std::move(held->second);
-  subscriber.held.erase(held);
-  returnLocked(subscriber, std::move(delivery));
+  Delivery delivery;
+  Subscriber* subscriber = nullptr;
+  if (!settleLocked(id, deliveryId, delivery, subscriber)) return false;
+  ++stats_.acknowledged;
+  return true;
 }
 
-void NotificationRouter::returnLocked(Subscriber& subscriber, Delivery delivery) {
-  if (delivery.attempt >= options_.maxDeliveries) {
-    ++stats_.exhausted;
-    return;
+bool NotificationRouter::requeue(SubscriberId id, uint64_t deliveryId) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Delivery delivery;
+  Subscriber* subscriber = nullptr;
+  if (!settleLocked(id, deliveryId, delivery, subscriber)) return false;
+  returnLocked(*subscriber, std::move(delivery), /*attempted=*/true);
+  return true;
+}
+
+bool NotificationRouter::release(SubscriberId id, uint64_t deliveryId) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Delivery delivery;
+  Subscriber* subscriber = nullptr;
+  if (!settleLocked(id, deliveryId, delivery, subscriber)) return false;
+  returnLocked(*subscriber, std::move(delivery), /*attempted=*/false);
+  return true;
+}
+
+void NotificationRouter::returnLocked(Subscriber& subscriber, Delivery delivery, bool attempted) {
+  if (attempted) {
+    if (delivery.attempt >= options_.maxDeliveries) {
+      ++stats_.exhausted;
+      return;
+    }
+    ++delivery.attempt;
+    ++stats_.requeued;
   }
-  ++delivery.attempt;
-  ++stats_.requeued;
   if (subscriber.pool == nullptr) {
     pushLocked(subscriber.own, std::move(delivery), /*front=*/true);
     notifyLocked(subscriber);
@@ -148,13 +170,10 @@ void NotificationRouter::returnLocked(Subscriber& subscriber, Delivery delivery)
   for (SubscriberId member : subscriber.pool->members) notifyLocked(subscribers_.at(member));
 }
 
-bool NotificationRouter::hasWork(SubscriberId id) const {
+size_t NotificationRouter::heldCount(SubscriberId id) const {
   std::lock_guard<std::mutex> lock(mutex_);
   auto it = subscribers_.find(id);
-  if (it == subscribers_.end()) return false;
-  const Subscriber& subscriber = it->second;
-  return !subscriber.own.messages.empty() ||
-         (subscriber.pool != nullptr && !subscriber.pool->queue.messages.empty());
+  return it == subscribers_.end() ? 0 : it->second.held.size();
 }
 
 NotificationRouter::Stats NotificationRouter::stats() const {

@@ -60,11 +60,16 @@ class NotificationRouter final {
   size_t publish(std::string_view topic, std::string body);
   // Appends up to `max` deliveries for subscriber `id` (unknown ids get nothing).
   void take(SubscriberId id, size_t max, std::vector<Delivery>& out);
-  // Both ignore a delivery the subscriber does not hold (already settled, or unsubscribed).
-  void acknowledge(SubscriberId id, uint64_t deliveryId);
-  void requeue(SubscriberId id, uint64_t deliveryId);
-  // True when subscriber `id` has something to take.
-  bool hasWork(SubscriberId id) const;
+  // Each returns false, doing nothing, for a delivery the subscriber does not hold (already
+  // settled, not its, or unsubscribed).
+  bool acknowledge(SubscriberId id, uint64_t deliveryId);
+  // A delivery the subscriber gave back: another attempt (see Options::maxDeliveries).
+  bool requeue(SubscriberId id, uint64_t deliveryId);
+  // A delivery that never reached its subscriber (its connection had no room): back to the
+  // front of its queue without counting an attempt.
+  bool release(SubscriberId id, uint64_t deliveryId);
+  // How many deliveries subscriber `id` holds unsettled (0 for an unknown id).
+  size_t heldCount(SubscriberId id) const;
   Stats stats() const;
 
  private:
@@ -86,7 +91,11 @@ class NotificationRouter final {
 
   void pushLocked(Queue& queue, Delivery delivery, bool front);
   void notifyLocked(Subscriber& subscriber);
-  void returnLocked(Subscriber& subscriber, Delivery delivery);
+  // Puts `delivery` back at the front of the queue it came from; `attempted`: it reached the
+  // subscriber, so it counts towards maxDeliveries.
+  void returnLocked(Subscriber& subscriber, Delivery delivery, bool attempted);
+  // Takes delivery `deliveryId` out of what subscriber `id` holds; false when it holds none.
+  bool settleLocked(SubscriberId id, uint64_t deliveryId, Delivery& out, Subscriber*& subscriber);
 
   const Options options_;
   mutable std::mutex mutex_;

@@ -2,6 +2,7 @@
 // peer's empty delimiter when present, then the body), checked as a pure function of the frames.
 #pragma once
 
+#include <charconv>
 #include <cstddef>
 #include <span>
 #include <string>
@@ -42,6 +43,27 @@ inline Result<RouterFrames> splitRouterFrames(std::span<const std::string_view> 
                   "3 frames whose middle one is not an empty delimiter");
   }
   return RouterFrames{frames.first(frames.size() - 1), frames.back()};
+}
+
+// `bytes` as lower-case hex (identities in logs and peer names).
+inline std::string hexOf(std::string_view bytes) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (unsigned char c : bytes) {
+    out += kHex[c >> 4];
+    out += kHex[c & 15];
+  }
+  return out;
+}
+
+// Parses all of `text` as an unsigned decimal number (a delivery id, a window); false for
+// anything else (empty, a sign, other characters, overflow).
+template <typename T>
+bool parseDecimal(std::string_view text, T& value) {
+  if (text.empty()) return false;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  return error == std::errc() && end == text.data() + text.size();
 }
 
 }  // namespace switchboard::detail

@@ -1,0 +1,70 @@
+// What every ZeroMQ socket user of the project shares (the transport, the notification broker):
+// the eventfd waker for zmq::poll, socket options from limits, poll timeouts, ZMQ_EVENTS.
+#pragma once
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <system_error>
+#include <zmq.hpp>
+
+#include "base/deadline.h"
+
+namespace switchboard::detail {
+
+// A waker for zmq::poll: an eventfd any thread may signal.
+class Waker {
+ public:
+  Waker() : fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
+    if (fd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
+  }
+  ~Waker() { ::close(fd_); }
+  Waker(const Waker&) = delete;
+  Waker& operator=(const Waker&) = delete;
+  void wake() {
+    const uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = ::write(fd_, &one, sizeof one);
+  }
+  void drain() {
+    uint64_t value;
+    [[maybe_unused]] ssize_t n = ::read(fd_, &value, sizeof value);
+  }
+  int fd() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+// Linger, message size, ZMTP heartbeats and high-water marks from any options struct that has
+// these fields (ZmqTransport::Options, ZmqNotificationBroker::Options). Throws zmq::error_t.
+template <typename Limits>
+void applySocketOptions(zmq::socket_t& socket, const Limits& o) {
+  socket.set(zmq::sockopt::linger, o.lingerMs);
+  socket.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(o.maxMessageBytes));
+  socket.set(zmq::sockopt::heartbeat_ivl, o.heartbeatIvlMs);
+  socket.set(zmq::sockopt::heartbeat_timeout, o.heartbeatTimeoutMs);
+  socket.set(zmq::sockopt::heartbeat_ttl, o.heartbeatTimeoutMs);
+  socket.set(zmq::sockopt::sndhwm, o.sendHighWaterMark);
+  socket.set(zmq::sockopt::rcvhwm, o.sendHighWaterMark);
+}
+
+// Milliseconds for zmq::poll until `deadline`: -1 for none, rounded up so it never spins.
+inline long pollTimeoutMs(Deadline deadline) {
+  if (deadline == kNoDeadline) return -1;
+  const auto left = deadline - Clock::now();
+  if (left <= Duration::zero()) return 0;
+  const auto ms = std::chrono::ceil<std::chrono::milliseconds>(left).count();
+  return ms > 3600 * 1000 ? 3600 * 1000 : static_cast<long>(ms);
+}
+
+// True when `socket` has a message to read. Reading ZMQ_EVENTS also resets the socket's ZMQ_FD,
+// which signals only changes: a thread that used the socket must look here before it (or
+// another) sleeps on that descriptor.
+inline bool isReadable(zmq::socket_t& socket) {
+  return (socket.get(zmq::sockopt::events) & ZMQ_POLLIN) != 0;
+}
+
+}  // namespace switchboard::detail
