@@ -2,6 +2,7 @@
 // publishes it to every topic, retrying a refused publish a bounded number of times.
 #include "messaging/notifier.h"
 
+#include <array>
 #include <chrono>
 #include <ctime>
 #include <exception>
@@ -11,16 +12,24 @@
 namespace switchboard {
 
 struct Notifier::Shared {
-  Shared(Transport& t, std::vector<std::string> tp, Options o)
-      : transport(t), topics(std::move(tp)), options(std::move(o)) {}
+  Shared(Transport& t, const std::vector<std::string>& topics, Options o)
+      : transport(t), options(std::move(o)) {
+    for (const std::string& topic : topics) {
+      for (Priority priority : kAllPriorities) {
+        transportTopics[static_cast<size_t>(priority)].push_back(notificationTopic(topic, priority));
+      }
+    }
+  }
   Transport& transport;
-  const std::vector<std::string> topics;
+  // "<topic>.<priority>" of every configured topic, by priority, made once.
+  std::array<std::vector<std::string>, kAllPriorities.size()> transportTopics;
   const Options options;
   const NoOpSerializer noOp;
   // Message ids: a random 64-bit prefix per notifier and a counter: unique without a lock.
   const uint64_t idPrefix = std::random_device{}() * 0x100000000ull + std::random_device{}();
   std::atomic<uint64_t> nextId{0};
   std::atomic<uint64_t> sent{0}, failed{0};
+  std::atomic<uint64_t> failures{0};  // failed notify() calls: the log's back-off counts these
 };
 
 namespace {
@@ -108,32 +117,31 @@ void Notifier::notify(Priority priority, const Context& context, std::string_vie
     n.context = serializer.serializeContext(context);
     n.payload = serializer.serializeEntity(context, std::move(payload));
   } catch (const std::exception& e) {
-    s.failed.fetch_add(s.topics.size());
-    return failed(std::string("serializer: ") + e.what());
+    return failed(s.transportTopics[static_cast<size_t>(priority)].size(),
+                  std::string("serializer: ") + e.what());
   }
   const std::string body = detail::encodeNotification(n);
-  for (const std::string& topic : s.topics) {
+  for (const std::string& topic : s.transportTopics[static_cast<size_t>(priority)]) {
     Status published;
     for (int attempt = 0;; ++attempt) {
-      published = s.transport.publish(notificationTopic(topic, priority), body);
+      published = s.transport.publish(topic, body);
       if (published || attempt >= retry_) break;
       std::this_thread::sleep_for(kRetryPause);
     }
     if (published) {
       s.sent.fetch_add(1, std::memory_order_relaxed);
     } else {
-      s.failed.fetch_add(1, std::memory_order_relaxed);
-      failed("publish to " + notificationTopic(topic, priority) + ": " + published.toString());
+      failed(1, "publish to " + topic + ": " + published.toString());
     }
   }
 }
 
-void Notifier::failed(std::string_view why) const {
-  const uint64_t n = shared_->failed.load(std::memory_order_relaxed);
-  if (isLoggedOccurrence(n)) {
-    shared_->options.log(LogLevel::kWarning, "notifier",
-                         "notification not sent (" + std::to_string(n) + " so far): " +
-                             std::string(why));
+void Notifier::failed(uint64_t notifications, std::string_view why) const {
+  const uint64_t total = shared_->failed.fetch_add(notifications, std::memory_order_relaxed) +
+                         notifications;
+  if (isLoggedOccurrence(shared_->failures.fetch_add(1, std::memory_order_relaxed) + 1)) {
+    shared_->options.log(LogLevel::kWarning, "notifier", std::string(why),
+                         {{"failed", std::to_string(total)}});
   }
 }
 

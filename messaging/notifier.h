@@ -64,7 +64,8 @@ class Notifier {
 
  private:
   struct Shared;
-  void failed(std::string_view why) const;
+  // Counts `notifications` not sent; logs `why` with back-off over the failed calls.
+  void failed(uint64_t notifications, std::string_view why) const;
 
   std::shared_ptr<Shared> shared_;  // null for the no-op notifier
   std::string publisherId_;

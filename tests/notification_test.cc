@@ -184,6 +184,28 @@ TEST(NotifierTest, ARefusedPublishIsRetriedThenLoggedAndCountedNeverThrown) {
   EXPECT_EQ(log.count(LogLevel::kWarning, "full"), 1);
 }
 
+TEST(NotifierTest, ASerializerThatThrowsIsCountedForEveryTopicAndLogged) {
+  // Regression: the log's back-off used the per-topic count, so with three topics (3, 6, 9...
+  // never a power of two) no failure was ever logged.
+  struct Throwing final : Serializer {
+    Value serializeEntity(const Context&, Value) const override {
+      throw std::runtime_error("cannot serialize");
+    }
+  } throwing;
+  InMemoryTransport transport;
+  LogCapture log;
+  Notifier::Options options;
+  options.serializer = &throwing;
+  options.log = log.sink();
+  Notifier notifier(transport, "svc", {"a", "b", "c"}, options);
+  notifier.info(Value(), "e", Value(1));
+  notifier.info(Value(), "e", Value(2));
+  EXPECT_EQ(notifier.stats().failed, 6u);
+  EXPECT_EQ(notifier.stats().sent, 0u);
+  EXPECT_EQ(log.count(LogLevel::kWarning, "cannot serialize"), 2) << "the 1st and 2nd failure";
+  EXPECT_EQ(transport.notificationStats().published, 0u);
+}
+
 TEST(NotifierTest, PrepareOverridesThePublisherIdOfTheCopyOnly) {
   InMemoryTransport transport;
   auto raw = transport.subscribe({{"t.sample"}, ""}).value();
