@@ -8,9 +8,8 @@ BlockingExecutor::BlockingExecutor(ExecutorOptions options)
     : loop_(options.log, "blocking-executor"),
       thread_([this] { runLoop(); }),
       lifecycle_({"blocking-executor", options.hangWarningAfter, options.log},
-                 [this](uint64_t epoch) {
+                 [this] {
                    std::unique_lock<std::mutex> lock(mutex_);
-                   if (epoch != epoch_) return;  // late: that epoch is over, leave the next be
                    loop_.requestStop();
                    if (run_ != Run::kArmed) return;
                    // Stopped before execute(): the fake thread ends without running the loop.
@@ -50,7 +49,6 @@ Status BlockingExecutor::start(TaskSource& source) {
     if (Status s = thread_.start(); !s) return s;
     std::lock_guard<std::mutex> lock(mutex_);
     loop_.arm(source);
-    ++epoch_;
     run_ = Run::kArmed;
     return Status::ok();
   });

@@ -37,7 +37,6 @@ class BlockingExecutor final : public Executor {
   FakeBlockingThread thread_;
   std::mutex mutex_;
   Run run_ = Run::kIdle;  // guarded by mutex_
-  uint64_t epoch_ = 0;    // guarded by mutex_: successful starts, numbered as Lifecycle does
   Lifecycle lifecycle_;
 };
 

@@ -7,7 +7,7 @@ namespace switchboard {
 EventLoopExecutor::EventLoopExecutor(ExecutorOptions options)
     : loop_(options.log, "event-loop-executor"),
       lifecycle_({"event-loop-executor", options.hangWarningAfter, options.log},
-                 [this](uint64_t) { loop_.requestStop(); },
+                 [this] { loop_.requestStop(); },
                  [this](Deadline deadline) {
                    if (!loop_.waitFinished(deadline)) {
                      return Status(StatusCode::kTimeout, "event loop still has work in flight");

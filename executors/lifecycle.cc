@@ -17,7 +17,7 @@ Lifecycle::Lifecycle(Options options, StopHook onStop, FinishHook onFinish,
 Status Lifecycle::start(const StartHook& onStart) {
   std::unique_lock<std::mutex> lock(mutex_);
   for (;;) {
-    changed_.wait(lock, [&] { return phase_ != Phase::kStarting; });
+    changed_.wait(lock, [&] { return phase_ != Phase::kStarting && !stopHookRunning_; });
     if (phase_ == Phase::kRunning) return Status::ok();
     if (phase_ == Phase::kIdle) break;
     // Stopped but not yet waited: finish that epoch first so nothing of it leaks.
@@ -47,16 +47,18 @@ Status Lifecycle::start(const StartHook& onStart) {
 }
 
 void Lifecycle::stop() {
-  uint64_t stopping = 0;
   {
     std::unique_lock<std::mutex> lock(mutex_);
     changed_.wait(lock, [&] { return phase_ != Phase::kStarting; });
     if (phase_ != Phase::kRunning) return;
     phase_ = Phase::kStopped;
-    stopping = epoch_;
+    stopHookRunning_ = true;
     changed_.notify_all();
   }
-  onStop_(stopping);
+  onStop_();
+  std::lock_guard<std::mutex> lock(mutex_);
+  stopHookRunning_ = false;
+  changed_.notify_all();
 }
 
 Status Lifecycle::wait(Deadline deadline) {

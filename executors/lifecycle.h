@@ -28,10 +28,10 @@ class Lifecycle {
 
   // Does a start; an error leaves the lifecycle idle (start() may be retried).
   using StartHook = std::function<Status()>;
-  // Signals the stop of `epoch` (1 for the first successful start); must not block. It runs
-  // after the transition, outside the mutex: by the time it runs, that epoch may already have
-  // been waited for and a new one started, so a hook that keeps per-epoch state checks `epoch`.
-  using StopHook = std::function<void(uint64_t epoch)>;
+  // Signals the stop of the running epoch; must not block. It runs after the transition,
+  // outside the mutex; the next epoch's start() waits until it has returned, so a stop hook
+  // always concerns the epoch it was called for, never a later one.
+  using StopHook = std::function<void()>;
   // Waits until the epoch's work is done and its threads joined, no later than the deadline
   // (kTimeout then; it is called again by a later wait()). Several calls never overlap.
   using FinishHook = std::function<Status(Deadline)>;
@@ -42,7 +42,8 @@ class Lifecycle {
   Lifecycle(const Lifecycle&) = delete;
   Lifecycle& operator=(const Lifecycle&) = delete;
 
-  // Runs `onStart` unless this epoch already started; see Executor for the contract.
+  // Runs `onStart` unless this epoch already started; see Executor for the contract. Waits
+  // for a stop hook still running (a late stop never reaches the new epoch).
   Status start(const StartHook& onStart);
   void stop();
   Status wait(Deadline deadline);
@@ -69,6 +70,7 @@ class Lifecycle {
   uint64_t finishedEpoch_ = 0;       // guarded by mutex_: epochs whose wait() completed
   bool finishing_ = false;           // guarded by mutex_: a waiter is running onFinish_
   bool hangWarned_ = false;          // guarded by mutex_: for the current epoch
+  bool stopHookRunning_ = false;     // guarded by mutex_: a stop() is in onStop_ (unlocked)
 };
 
 }  // namespace switchboard

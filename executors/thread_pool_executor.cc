@@ -33,7 +33,7 @@ ThreadPoolExecutor::ThreadPoolExecutor(Options options)
     : options_(std::move(options)),
       loop_(options_.log, "thread-pool-executor"),
       lifecycle_({"thread-pool-executor", options_.hangWarningAfter, options_.log},
-                 [this](uint64_t) { loop_.requestStop(); },
+                 [this] { loop_.requestStop(); },
                  [this](Deadline deadline) { return finish(deadline); },
                  [this] { return isExecutorThread(); }) {}
 

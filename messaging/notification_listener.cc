@@ -8,6 +8,8 @@
 #include <mutex>
 #include <utility>
 
+#include "messaging/detail/serving.h"
+
 namespace switchboard {
 
 // ----- NotificationFilter -------------------------------------------------------------------
@@ -129,8 +131,6 @@ class NotificationCore final : public TaskSource {
 
   std::atomic<uint64_t> received_{0}, handled_{0}, requeued_{0}, requeueRefused_{0},
       unhandled_{0}, malformed_{0}, batches_{0};
-  std::mutex epochMutex_;  // orders the start and stop hooks
-  uint64_t epoch_ = 0;     // guarded by epochMutex_: successful starts
 
  private:
   // Calls `handler` and turns an exception into kRequeue (logged).
@@ -382,43 +382,23 @@ NotificationListener::NotificationListener(Transport& transport, std::vector<Tar
     : core_(std::make_unique<detail::NotificationCore>(transport, std::move(targets),
                                                        std::move(endpoints), std::move(executor),
                                                        options)),
-      lifecycle_({"notification-listener", options.hangWarningAfter, options.log},
-                 [this](uint64_t epoch) {
-                   std::lock_guard<std::mutex> lock(core_->epochMutex_);
-                   if (epoch == core_->epoch_) core_->executor_->stop();  // never a later epoch
-                 },
-                 [this](Deadline deadline) {
-                   if (Status s = core_->executor_->wait(deadline); !s) return s;
-                   core_->release();
-                   return Status::ok();
-                 },
-                 [this] { return core_->executor_->isExecutorThread(); }) {}
+      serving_(std::make_unique<detail::Serving>("notification-listener", *core_->executor_, *core_,
+               detail::Serving::Hooks{.open = [this] { return core_->subscribe(); },
+                .close = [this] { core_->release(); },
+                .onStop = {}},
+               options.hangWarningAfter, options.log)) {}
 
-NotificationListener::~NotificationListener() {
-  stop();
-  if (Status s = wait(); !s) {
-    core_->options_.log(LogLevel::kError, "notification-listener", "destructor: " + s.toString());
-  }
-}
+NotificationListener::~NotificationListener() = default;
 
-Status NotificationListener::start() {
-  return lifecycle_.start([this] {
-    std::lock_guard<std::mutex> lock(core_->epochMutex_);
-    if (Status s = core_->subscribe(); !s) return s;
-    if (Status s = core_->executor_->start(*core_); !s) {
-      core_->release();
-      return s;
-    }
-    ++core_->epoch_;
-    return Status::ok();
-  });
-}
+Status NotificationListener::start() { return serving_->start(); }
 
-Status NotificationListener::execute() { return core_->executor_->execute(); }
+bool NotificationListener::isRunning() const { return serving_->isRunning(); }
 
-void NotificationListener::stop() { lifecycle_.stop(); }
+Status NotificationListener::execute() { return serving_->execute(); }
 
-Status NotificationListener::wait(Deadline deadline) { return lifecycle_.wait(deadline); }
+void NotificationListener::stop() { serving_->stop(); }
+
+Status NotificationListener::wait(Deadline deadline) { return serving_->wait(deadline); }
 
 NotificationListener::Stats NotificationListener::stats() const {
   const detail::NotificationCore& c = *core_;

@@ -13,7 +13,6 @@
 #include "base/log.h"
 #include "base/status.h"
 #include "executors/executor.h"
-#include "executors/lifecycle.h"
 #include "messaging/notification.h"
 #include "messaging/serializer.h"
 #include "messaging/target.h"
@@ -23,6 +22,7 @@ namespace switchboard {
 
 namespace detail {
 class NotificationCore;
+class Serving;
 }
 
 // What an endpoint asks of a notification it was given. A handler that throws asks kRequeue.
@@ -127,12 +127,12 @@ class NotificationListener final {
   Status execute();
   void stop();
   Status wait(Deadline deadline = kNoDeadline);
-  bool isRunning() const { return lifecycle_.isRunning(); }
+  bool isRunning() const;
   Stats stats() const;
 
  private:
   std::unique_ptr<detail::NotificationCore> core_;
-  Lifecycle lifecycle_;
+  std::unique_ptr<detail::Serving> serving_;  // after core_: stopped and waited for first
 };
 
 }  // namespace switchboard

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "messaging/detail/serving.h"
 #include "messaging/detail/wire.h"
 
 namespace switchboard {
@@ -122,8 +123,6 @@ class ServerCore final : public TaskSource {
   std::unordered_map<std::string, std::shared_ptr<std::atomic<bool>>> calls_;
 
   std::atomic<bool> draining_{false};  // set by stop(), cleared by start()
-  std::mutex epochMutex_;              // orders the start and stop hooks
-  uint64_t epoch_ = 0;                 // guarded by epochMutex_: successful starts
   std::atomic<uint64_t> received_{0}, replied_{0}, failed_{0}, rejected_{0}, dropped_{0},
       cancelled_{0}, inFlight_{0};
   std::array<std::atomic<uint64_t>, kDropReasonCount> dropsByReason_{};
@@ -453,46 +452,28 @@ MessageHandlingServer::MessageHandlingServer(Transport& transport, Target target
     : core_(std::make_unique<detail::ServerCore>(transport, std::move(target),
                                                  std::move(dispatcher), std::move(executor),
                                                  options)),
-      lifecycle_({"server", options.hangWarningAfter, options.log},
-                 [this](uint64_t epoch) {
-                   std::lock_guard<std::mutex> lock(core_->epochMutex_);
-                   if (epoch != core_->epoch_) return;  // late: never stop the next epoch
-                   core_->draining_.store(true);
-                   core_->executor_->stop();
-                 },
-                 [this](Deadline deadline) {
-                   if (Status s = core_->executor_->wait(deadline); !s) return s;
-                   core_->releaseListener();
-                   return Status::ok();
-                 },
-                 [this] { return core_->executor_->isExecutorThread(); }) {}
+      serving_(std::make_unique<detail::Serving>("server", *core_->executor_, *core_,
+               detail::Serving::Hooks{.open =
+                    [this] {
+                      if (Status s = core_->listen(); !s) return s;
+                      core_->draining_.store(false);
+                      return Status::ok();
+                    },
+                .close = [this] { core_->releaseListener(); },
+                .onStop = [this] { core_->draining_.store(true); }},
+               options.hangWarningAfter, options.log)) {}
 
-MessageHandlingServer::~MessageHandlingServer() {
-  stop();
-  if (Status s = wait(); !s) {
-    core_->options_.log(LogLevel::kError, "server", "destructor: " + s.toString());
-  }
-}
+MessageHandlingServer::~MessageHandlingServer() = default;
 
-Status MessageHandlingServer::start() {
-  return lifecycle_.start([this] {
-    std::lock_guard<std::mutex> lock(core_->epochMutex_);
-    if (Status s = core_->listen(); !s) return s;
-    core_->draining_.store(false);
-    if (Status s = core_->executor_->start(*core_); !s) {
-      core_->releaseListener();
-      return s;
-    }
-    ++core_->epoch_;
-    return Status::ok();
-  });
-}
+Status MessageHandlingServer::start() { return serving_->start(); }
 
-Status MessageHandlingServer::execute() { return core_->executor_->execute(); }
+bool MessageHandlingServer::isRunning() const { return serving_->isRunning(); }
 
-void MessageHandlingServer::stop() { lifecycle_.stop(); }
+Status MessageHandlingServer::execute() { return serving_->execute(); }
 
-Status MessageHandlingServer::wait(Deadline deadline) { return lifecycle_.wait(deadline); }
+void MessageHandlingServer::stop() { serving_->stop(); }
+
+Status MessageHandlingServer::wait(Deadline deadline) { return serving_->wait(deadline); }
 
 const Target& MessageHandlingServer::target() const { return core_->target_; }
 

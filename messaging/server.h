@@ -14,7 +14,6 @@
 #include "base/log.h"
 #include "base/status.h"
 #include "executors/executor.h"
-#include "executors/lifecycle.h"
 #include "messaging/dispatcher.h"
 #include "messaging/serializer.h"
 #include "messaging/target.h"
@@ -24,6 +23,7 @@ namespace switchboard {
 
 namespace detail {
 class ServerCore;
+class Serving;
 }
 
 // Why a message was taken from the transport and not answered.
@@ -91,14 +91,14 @@ class MessageHandlingServer final {
   void stop();
   Status wait(Deadline deadline = kNoDeadline);
 
-  bool isRunning() const { return lifecycle_.isRunning(); }
+  bool isRunning() const;
   const Target& target() const;
   Executor& executor();
   Stats stats() const;
 
  private:
   std::unique_ptr<detail::ServerCore> core_;
-  Lifecycle lifecycle_;
+  std::unique_ptr<detail::Serving> serving_;  // after core_: stopped and waited for first
 };
 
 }  // namespace switchboard

@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <future>
+#include <string>
+#include <utility>
 #include <latch>
 #include <mutex>
 #include <thread>
@@ -17,6 +20,7 @@ namespace {
 using namespace std::chrono_literals;
 using testing::Gate;
 using testing::LogCapture;
+using testing::readyWithin;
 
 // A Lifecycle whose hooks record what they were asked to do.
 struct Recorder {
@@ -24,9 +28,9 @@ struct Recorder {
   std::atomic<bool> owns{false};
   std::atomic<bool> finishOk{true};
   std::mutex mutex;
-  std::vector<uint64_t> stoppedEpochs;  // guarded by mutex
-  LogCapture log;                       // what the Lifecycle logs
-  std::function<void(uint64_t)> onStop;  // extra behaviour, set before use
+  std::vector<std::string> events;  // guarded by mutex: "start", "stop ends", in order
+  LogCapture log;                   // what the Lifecycle logs
+  std::function<void()> onStop;     // extra behaviour, set before use
 
   Lifecycle make(Duration hangWarningAfter = 10s) {
     Lifecycle::Options options;
@@ -35,13 +39,10 @@ struct Recorder {
     options.log = log.sink();
     return Lifecycle(
         options,
-        [this](uint64_t epoch) {
-          {
-            std::lock_guard<std::mutex> lock(mutex);
-            stoppedEpochs.push_back(epoch);
-          }
+        [this] {
           ++stops;
-          if (onStop) onStop(epoch);
+          if (onStop) onStop();
+          record("stop ends");
         },
         [this](Deadline) {
           ++finishes;
@@ -52,8 +53,13 @@ struct Recorder {
   Lifecycle::StartHook startHook(Status result = Status::ok()) {
     return [this, result] {
       ++starts;
+      record("start");
       return result;
     };
+  }
+  void record(std::string event) {
+    std::lock_guard<std::mutex> lock(mutex);
+    events.push_back(std::move(event));
   }
 };
 
@@ -138,15 +144,17 @@ TEST(LifecycleTest, HangWarningIsLoggedOncePerEpoch) {
   EXPECT_EQ(r.log.count(LogLevel::kWarning, "possible hang"), 1) << r.log.dump();
 }
 
-// The stop hook runs outside the mutex, so it can run after its epoch was waited for and a new
-// one started. It is told which epoch it stops, so that it can leave the new one alone (the
-// blocking executor and the server check it; without it a late stop killed the next epoch).
-TEST(LifecycleTest, ALateStopHookIsToldTheEpochItStopped) {
+// The stop hook runs outside the mutex, so it can still be running after its epoch was waited
+// for (here the finish hook does not need it). The next start() waits for it: a late stop hook
+// never reaches the new epoch (before, each owner had to count epochs to ignore it, and the
+// thread-pool and event-loop executors did not).
+TEST(LifecycleTest, StartWaitsForALateStopHookOfThePreviousEpoch) {
   Recorder r;
   std::latch inHook(1);
   Gate release;
-  r.onStop = [&](uint64_t epoch) {
-    if (epoch == 1) {
+  bool first = true;
+  r.onStop = [&] {
+    if (std::exchange(first, false)) {
       inHook.count_down();
       (void)release.wait(10s);
     }
@@ -156,14 +164,21 @@ TEST(LifecycleTest, ALateStopHookIsToldTheEpochItStopped) {
   std::thread stopper([&] { lc.stop(); });
   inHook.wait();  // the stop of epoch 1 is inside its hook
   ASSERT_TRUE(lc.wait(deadlineAfter(1s)).isOk());
-  ASSERT_TRUE(lc.start(r.startHook()).isOk());  // epoch 2 begins under the late hook
+  std::promise<Status> started;
+  std::thread starter([&] { started.set_value(lc.start(r.startHook())); });
+  auto startedF = started.get_future();
+  EXPECT_EQ(startedF.wait_for(50ms), std::future_status::timeout)
+      << "epoch 2 began while epoch 1's stop hook ran";
   release.open();
+  ASSERT_TRUE(readyWithin(startedF, 10s));
+  EXPECT_TRUE(startedF.get().isOk());
+  starter.join();
   stopper.join();
-  EXPECT_TRUE(lc.isRunning()) << "the late hook's stop belonged to epoch 1";
+  EXPECT_TRUE(lc.isRunning());
   lc.stop();
   ASSERT_TRUE(lc.wait(deadlineAfter(1s)).isOk());
   std::lock_guard<std::mutex> lock(r.mutex);
-  EXPECT_EQ(r.stoppedEpochs, (std::vector<uint64_t>{1, 2}));
+  EXPECT_EQ(r.events, (std::vector<std::string>{"start", "stop ends", "start", "stop ends"}));
 }
 
 TEST(LifecycleTest, ConcurrentStartsRunTheHookOnce) {
