@@ -130,7 +130,8 @@ class NotificationCore final : public TaskSource {
   const Serializer* const serializer_;
 
   std::atomic<uint64_t> received_{0}, handled_{0}, requeued_{0}, requeueRefused_{0},
-      unhandled_{0}, malformed_{0}, batches_{0};
+      unhandled_{0}, malformed_{0}, batches_{0}, refused_{0};
+  std::atomic<uint64_t> refusals_{0};  // refused tasks: the log's back-off counts these
 
  private:
   // Calls `handler` and turns an exception into kRequeue (logged).
@@ -251,10 +252,7 @@ Status NotificationCore::poll(Deadline deadline, std::vector<TaskPtr>& out) {
     }
     if (pending_.empty()) batchStarted_ = now;
     pending_.push_back(std::move(received));
-    if (pending_.size() >= options_.batchSize) {
-      emitBatch(options_.batchSize, out);
-      batchStarted_ = now;  // the rest, if any, arrived with this poll
-    }
+    if (pending_.size() >= options_.batchSize) emitBatch(options_.batchSize, out);
   }
   if (timed && !pending_.empty() && now >= batchStarted_ + options_.batchTimeout) {
     emitBatch(pending_.size(), out);
@@ -328,26 +326,35 @@ void NotificationCore::dispatchBatch(std::vector<ReceivedNotification>& batch) {
     for (size_t i = first; i < batch.size(); ++i) {
       if (!done[i] && batch[i].notification.priority == priority) group.push_back(i);
     }
-    std::vector<bool> matched(batch.size(), false);
+    std::vector<Notification> all;  // the group (moved out: settling needs the messages only)
+    for (size_t i : group) all.push_back(std::move(batch[i].notification));
+    std::vector<bool> matched(all.size(), false);  // by some endpoint
+    std::vector<bool> passes(all.size(), false);   // by the endpoint at hand
+    std::vector<Notification> some;  // copies, when the filter passes only part of the group
     NotificationResult result = NotificationResult::kHandled;
-    std::vector<Notification> given;
     for (const NotificationEndpoint& endpoint : endpoints_) {
       auto handler = endpoint.batchHandlers_.find(priority);
       if (handler == endpoint.batchHandlers_.end()) continue;
-      given.clear();
-      for (size_t i : group) {
-        if (!endpoint.filter_.matches(batch[i].notification)) continue;
-        matched[i] = true;
-        given.push_back(batch[i].notification);
+      size_t passing = 0;
+      for (size_t k = 0; k < all.size(); ++k) {
+        passes[k] = endpoint.filter_.matches(all[k]);
+        if (passes[k]) ++passing;
+        matched[k] = matched[k] || passes[k];
       }
-      if (given.empty()) continue;
+      if (passing == 0) continue;
+      if (passing < all.size()) {
+        some.clear();
+        for (size_t k = 0; k < all.size(); ++k) {
+          if (passes[k]) some.push_back(all[k]);
+        }
+      }
       batches_.fetch_add(1, std::memory_order_relaxed);
-      result = call(handler->second, given, priority);
+      result = call(handler->second, passing == all.size() ? all : some, priority);
       if (result == NotificationResult::kRequeue) break;
     }
-    for (size_t i : group) {
-      settle(*batch[i].message, result, matched[i]);
-      done[i] = true;
+    for (size_t k = 0; k < group.size(); ++k) {
+      settle(*batch[group[k]].message, result, matched[k]);
+      done[group[k]] = true;
     }
   }
 }
@@ -361,9 +368,12 @@ void NotificationCore::giveBack(std::vector<ReceivedNotification>& refused, cons
       requeueRefused_.fetch_add(1, std::memory_order_relaxed);
     }
   }
-  options_.log(LogLevel::kWarning, "notification-listener",
-               std::to_string(refused.size()) + " notification(s) refused by the executor: " +
-                   why.toString());
+  const uint64_t n = refused_.fetch_add(refused.size(), std::memory_order_relaxed);
+  if (isLoggedOccurrence(refusals_.fetch_add(1, std::memory_order_relaxed) + 1)) {
+    options_.log(LogLevel::kWarning, "notification-listener",
+                 "notifications refused by the executor, given back: " + why.toString(),
+                 {{"refused", std::to_string(n + refused.size())}});
+  }
 }
 
 }  // namespace detail
@@ -404,7 +414,7 @@ NotificationListener::Stats NotificationListener::stats() const {
   const detail::NotificationCore& c = *core_;
   return Stats{c.received_.load(),       c.handled_.load(),   c.requeued_.load(),
                c.requeueRefused_.load(), c.unhandled_.load(), c.malformed_.load(),
-               c.batches_.load()};
+               c.batches_.load(),        c.refused_.load()};
 }
 
 }  // namespace switchboard

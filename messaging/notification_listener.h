@@ -109,6 +109,7 @@ class NotificationListener final {
     uint64_t unhandled = 0;       // no endpoint implemented the priority or matched the filter
     uint64_t malformed = 0;       // undecodable: acknowledged and dropped
     uint64_t batches = 0;         // batch handler calls
+    uint64_t refused = 0;         // refused by the executor (overloaded, stopping): given back
   };
 
   // `transport` must outlive the listener. Each target needs a topic.

@@ -275,6 +275,28 @@ using ExecutorKinds =
     ::testing::Types<testing::ThreadPoolKind, testing::BlockingKind, testing::EventLoopKind>;
 TYPED_TEST_SUITE(NotificationListenerTest, ExecutorKinds);
 
+// A started listener on topic "n" with executor kind `Kind` (a blocking one executes on a
+// thread of its own).
+template <typename Kind>
+struct RunningListener {
+  RunningListener(Transport& transport, std::vector<NotificationEndpoint> endpoints,
+                  NotificationListener::Options options = {})
+      : listener(transport, topic("n"), std::move(endpoints), Kind::make(), std::move(options)),
+        started(listener.start()),
+        serving(listener, Kind::kBlocking && started.isOk()) {}
+  // Stops it; ok once everything it took is settled and its threads are joined.
+  Status stop() {
+    listener.stop();
+    Status waited = listener.wait(deadlineAfter(kWait));
+    serving.join();
+    return waited;
+  }
+
+  NotificationListener listener;
+  Status started;
+  testing::ServingThread serving;
+};
+
 TYPED_TEST(NotificationListenerTest, DispatchesInEndpointOrderToThoseWithThePriorityAndFilter) {
   using F = NotificationFilter::Field;
   InMemoryTransport transport;
@@ -297,9 +319,8 @@ TYPED_TEST(NotificationListenerTest, DispatchesInEndpointOrderToThoseWithThePrio
       .on(Priority::kInfo, logged(2, filtered))
       .filter(NotificationFilter::make({{F::kEventType, "", "volume\\..*"}}).value());
   endpoints[3].on(Priority::kInfo, logged(3, last)).on(Priority::kError, logged(3, last));
-  NotificationListener listener(transport, topic("n"), std::move(endpoints), TypeParam::make());
-  ASSERT_OK(listener.start());
-  testing::ServingThread serving(listener, TypeParam::kBlocking);
+  RunningListener<TypeParam> running(transport, std::move(endpoints));
+  ASSERT_OK(running.started);
   Notifier notifier(transport, "p", {"n"});
   notifier.info(Value(), "instance.create", Value(1));
   notifier.info(Value(), "volume.attach", Value(2));
@@ -314,11 +335,9 @@ TYPED_TEST(NotificationListenerTest, DispatchesInEndpointOrderToThoseWithThePrio
   EXPECT_EQ(order["instance.create"], (std::vector<int>{0, 3}));
   EXPECT_EQ(order["volume.attach"], (std::vector<int>{0, 2, 3}));
   EXPECT_EQ(order["instance.fail"], (std::vector<int>{1, 3}));
-  listener.stop();
-  ASSERT_OK(listener.wait(deadlineAfter(kWait)));
-  serving.join();
-  EXPECT_EQ(listener.stats().handled, 3u);
-  EXPECT_EQ(listener.stats().received, 3u);
+  ASSERT_OK(running.stop());
+  EXPECT_EQ(running.listener.stats().handled, 3u);
+  EXPECT_EQ(running.listener.stats().received, 3u);
   EXPECT_EQ(transport.notificationStats().unrouted, 1u);
 }
 
@@ -334,19 +353,15 @@ TYPED_TEST(NotificationListenerTest, TheFirstRequeueStopsDispatchAndRedeliversWh
   endpoints[1].on(Priority::kWarn, after.handler());
   NotificationListener::Options options;
   options.allowRequeue = true;
-  NotificationListener listener(transport, topic("n"), std::move(endpoints), TypeParam::make(),
-                                options);
-  ASSERT_OK(listener.start());
-  testing::ServingThread serving(listener, TypeParam::kBlocking);
+  RunningListener<TypeParam> running(transport, std::move(endpoints), options);
+  ASSERT_OK(running.started);
   Notifier(transport, "p", {"n"}).warn(Value(), "e", Value());
   ASSERT_TRUE(after.waitFor(1));
   EXPECT_EQ(attempts.load(), 2) << "requeued once, then delivered again";
   EXPECT_EQ(after.count(), 1) << "the requeue stopped dispatch before the second endpoint";
-  listener.stop();
-  ASSERT_OK(listener.wait(deadlineAfter(kWait)));
-  serving.join();
-  EXPECT_EQ(listener.stats().requeued, 1u);
-  EXPECT_EQ(listener.stats().handled, 1u);
+  ASSERT_OK(running.stop());
+  EXPECT_EQ(running.listener.stats().requeued, 1u);
+  EXPECT_EQ(running.listener.stats().handled, 1u);
   EXPECT_EQ(transport.notificationStats().requeued, 1u);
 }
 
@@ -367,20 +382,16 @@ TYPED_TEST(NotificationListenerTest, ARequeueNotAllowedOrAThrowIsAcknowledgedDro
       });
   NotificationListener::Options options;
   options.log = log.sink();
-  NotificationListener listener(transport, topic("n"), std::move(endpoints), TypeParam::make(),
-                                options);
-  ASSERT_OK(listener.start());
-  testing::ServingThread serving(listener, TypeParam::kBlocking);
+  RunningListener<TypeParam> running(transport, std::move(endpoints), options);
+  ASSERT_OK(running.started);
   Notifier notifier(transport, "p", {"n"});
   notifier.info(Value(), "e", Value());
   notifier.error(Value(), "e", Value());
   ASSERT_TRUE(calls.waitFor(2, kWait));
-  listener.stop();
-  ASSERT_OK(listener.wait(deadlineAfter(kWait)));
-  serving.join();
+  ASSERT_OK(running.stop());
   EXPECT_EQ(calls.count(), 2) << "neither was delivered again";
-  EXPECT_EQ(listener.stats().requeueRefused, 2u);
-  EXPECT_EQ(listener.stats().requeued, 0u);
+  EXPECT_EQ(running.listener.stats().requeueRefused, 2u);
+  EXPECT_EQ(running.listener.stats().requeued, 0u);
   EXPECT_EQ(transport.notificationStats().acknowledged, 2u);
   EXPECT_EQ(log.count(LogLevel::kWarning, "handler bug"), 1);
 }
@@ -393,19 +404,15 @@ TYPED_TEST(NotificationListenerTest, AnUndecodableMessageIsCountedAndTheNextOneS
   endpoints[0].on(Priority::kInfo, got.handler());
   NotificationListener::Options options;
   options.log = log.sink();
-  NotificationListener listener(transport, topic("n"), std::move(endpoints), TypeParam::make(),
-                                options);
-  ASSERT_OK(listener.start());
-  testing::ServingThread serving(listener, TypeParam::kBlocking);
+  RunningListener<TypeParam> running(transport, std::move(endpoints), options);
+  ASSERT_OK(running.started);
   ASSERT_OK(transport.publish("n.info", "\xc1 not msgpack"));
   ASSERT_OK(transport.publish("n.info", detail::encodeValue(Value(Map{{Value("a"), Value(1)}}))));
   Notifier(transport, "p", {"n"}).info(Value(), "good", Value());
   ASSERT_TRUE(got.waitFor(1));
-  listener.stop();
-  ASSERT_OK(listener.wait(deadlineAfter(kWait)));
-  serving.join();
+  ASSERT_OK(running.stop());
   EXPECT_EQ(got.eventTypes(), std::vector<std::string>{"good"});
-  EXPECT_EQ(listener.stats().malformed, 2u);
+  EXPECT_EQ(running.listener.stats().malformed, 2u);
   EXPECT_EQ(log.count(LogLevel::kWarning, "undecodable"), 2);
 }
 
@@ -509,6 +516,31 @@ TEST(NotificationBatchTest, ABatchIsSplitByPriority) {
   EXPECT_EQ(infos.calls().size(), 1u);
   EXPECT_EQ(infos.eventTypes(), (std::vector<std::string>{"i1", "i2"}));
   EXPECT_EQ(errors.eventTypes(), (std::vector<std::string>{"e1", "e2"}));
+}
+
+TEST(NotificationBatchTest, EachEndpointGetsThePartOfABatchItsFilterPasses) {
+  using F = NotificationFilter::Field;
+  InMemoryTransport transport;
+  Recorder kept, everything;
+  std::vector<NotificationEndpoint> endpoints(2);
+  endpoints[0]
+      .onBatch(Priority::kInfo, kept.batchHandler())
+      .filter(NotificationFilter::make({{F::kEventType, "", "keep\\..*"}}).value());
+  endpoints[1].onBatch(Priority::kInfo, everything.batchHandler());
+  NotificationListener::Options options;
+  options.batchSize = 4;
+  NotificationListener listener(transport, topic("n"), std::move(endpoints), pool(), options);
+  ASSERT_OK(listener.start());
+  Notifier notifier(transport, "p", {"n"});
+  for (const char* e : {"keep.a", "drop.b", "keep.c", "drop.d"}) notifier.info(Value(), e, Value());
+  ASSERT_TRUE(everything.waitFor(4));
+  EXPECT_EQ(kept.eventTypes(), (std::vector<std::string>{"keep.a", "keep.c"}));
+  EXPECT_EQ(everything.eventTypes(),
+            (std::vector<std::string>{"keep.a", "drop.b", "keep.c", "drop.d"}));
+  listener.stop();
+  ASSERT_OK(listener.wait(deadlineAfter(kWait)));
+  EXPECT_EQ(listener.stats().batches, 2u);
+  EXPECT_EQ(listener.stats().handled, 4u);
 }
 
 // ----- pools ---------------------------------------------------------------------------------
