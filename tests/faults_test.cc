@@ -31,8 +31,6 @@ namespace switchboard {
 namespace {
 
 using namespace std::chrono_literals;
-using testing::ChildProcess;
-using testing::envOr;
 using testing::Events;
 using testing::Figures;
 using testing::freeTcpUrl;
@@ -99,10 +97,6 @@ class OutcomeLog {
     std::lock_guard<std::mutex> lock(mutex_);
     return static_cast<size_t>(std::count_if(entries_.begin(), entries_.end(),
                                              [](const Entry& e) { return e.count != 1; }));
-  }
-  StatusCode code(size_t i) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return entries_.at(i).outcome.status().code();
   }
   Result<Value> outcome(size_t i) {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -187,16 +181,6 @@ class EventLog {
     });
     return found;
   }
-  std::vector<std::string> disconnections(const std::string& server) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    std::vector<std::string> out;
-    for (const Timed& t : events_) {
-      if (t.event.kind == NetworkEvent::Kind::kDisconnected && t.event.server == server) {
-        out.push_back(t.event.detail);
-      }
-    }
-    return out;
-  }
   std::string dump() {
     std::lock_guard<std::mutex> lock(mutex_);
     std::string out;
@@ -235,9 +219,7 @@ TEST(FaultsTest, ServerKilledMidCallDirectCallerTimesOut) {
   ASSERT_TRUE(log.waitAll(kTimeout + 5s)) << "a call never ended: " << log.summary();
   Duration afterKill{};
   for (size_t i = 0; i < kCalls; ++i) {
-    const StatusCode code = log.code(i);
-    EXPECT_TRUE(code == StatusCode::kTimeout || code == StatusCode::kPeerLost)
-        << i << ": " << statusCodeName(code);
+    EXPECT_CODE(log.outcome(i).status(), StatusCode::kTimeout) << i;
     EXPECT_LT(log.latency(i), kTimeout + 500ms) << i;
     afterKill = std::max(afterKill, log.at(i) - killedAt);
   }
@@ -371,6 +353,32 @@ TEST(FaultsTest, ServerStoppedThenResumedLateRepliesAreDroppedAndCounted) {
   figures.add("longest_call_async", longestCallAsync);
 }
 
+// Case 3's client: a Network over A through a relay (`viaRelay`, preferred) and B direct, with
+// its events and log recorded, pinging every `pingInterval` (a server unanswered for
+// `pingTimeout` has failed), and an idempotent client on it (5 s). `factory` must outlive it.
+struct NetworkViaRelay {
+  NetworkViaRelay(TransportFactory& factory, const std::string& viaRelay, const std::string& b,
+                  Duration pingInterval, Duration pingTimeout)
+      : connector(factory),
+        network(Network::create(connector, {.servers = {viaRelay, b},
+                                            .preferred = viaRelay,
+                                            .connectTimeout = 500ms,
+                                            .pingInterval = pingInterval,
+                                            .pingTimeout = pingTimeout,
+                                            .backoffInitial = 100ms,
+                                            .backoffMax = 400ms,
+                                            .onEvent = events.recorder(),
+                                            .log = logs.sink()})
+                    .value()),
+        client(RpcClient::create(network, target(), {.timeout = 5s, .idempotent = true}).value()) {}
+
+  TransportConnector connector;
+  LogCapture logs;
+  EventLog events;
+  Network network;
+  RpcClient client;
+};
+
 // Case 3: the relay between the network and A blackholes (A open but silent): A's ping finds it
 // and the network fails over to B (direct); back to pass, A is connected again after its
 // back-off.
@@ -384,55 +392,44 @@ TEST(FaultsTest, BlackholedConnectionIsFoundByItsPingThenReconnects) {
   ASSERT_TRUE(relay.ok());
   const std::string viaRelay = relay.url();
   TransportFactory factory;
-  TransportConnector connector(factory);
-  LogCapture logs;
-  EventLog events;
-  Network::Options options{.servers = {viaRelay, b.url()},
-                           .preferred = viaRelay,
-                           .connectTimeout = 500ms,
-                           .pingInterval = 100ms,
-                           .pingTimeout = 200ms,
-                           .backoffInitial = 100ms,
-                           .backoffMax = 400ms,
-                           .onEvent = events.recorder(),
-                           .log = logs.sink()};
-  Network network = Network::create(connector, options).value();
-  RpcClient client =
-      RpcClient::create(network, target(), {.timeout = 5s, .idempotent = true}).value();
-  ASSERT_OK(client.call<std::string>("echo", "warm up").status());
-  ASSERT_EQ(network.status().main, viaRelay);
+  constexpr Duration kPingInterval = 100ms;
+  constexpr Duration kPingTimeout = 200ms;
+  NetworkViaRelay net(factory, viaRelay, b.url(), kPingInterval, kPingTimeout);
+  ASSERT_OK(net.client.call<std::string>("echo", "warm up").status());
+  ASSERT_EQ(net.network.status().main, viaRelay);
 
   const Deadline blackholedAt = Clock::now();
   ASSERT_TRUE(relay.setMode(TcpRelay::Mode::kBlackhole));
-  Result<std::string> echoed = client.call<std::string>("echo", "during the blackhole");
+  Result<std::string> echoed = net.client.call<std::string>("echo", "during the blackhole");
   const Duration failedOverIn = Clock::now() - blackholedAt;
   ASSERT_OK(echoed.status());
   EXPECT_EQ(*echoed, "during the blackhole");
-  EXPECT_LT(failedOverIn, 2s) << "found by the ping, not by the call's deadline\n" << events.dump();
+  EXPECT_LT(failedOverIn, 2s) << "found by the ping, not by the call's deadline\n"
+                              << net.events.dump();
   std::optional<EventLog::Timed> down =
-      events.waitFor(NetworkEvent::Kind::kDisconnected, viaRelay, blackholedAt, 0s);
-  ASSERT_TRUE(down.has_value()) << events.dump();
-  EXPECT_NE(down->event.detail.find("ping"), std::string::npos) << events.dump();
-  const NetworkStatus during = network.status();
+      net.events.waitFor(NetworkEvent::Kind::kDisconnected, viaRelay, blackholedAt, 0s);
+  ASSERT_TRUE(down.has_value()) << net.events.dump();
+  EXPECT_NE(down->event.detail.find("ping"), std::string::npos) << net.events.dump();
+  const NetworkStatus during = net.network.status();
   EXPECT_EQ(during.main, b.url());
   EXPECT_NE(during.servers[0].state, ConnectionState::kConnected);
 
   const Deadline passAt = Clock::now();
   ASSERT_TRUE(relay.setMode(TcpRelay::Mode::kPass));
   std::optional<EventLog::Timed> back =
-      events.waitFor(NetworkEvent::Kind::kConnected, viaRelay, passAt, 10s);
-  ASSERT_TRUE(back.has_value()) << "A never came back\n" << events.dump();
-  EXPECT_EQ(network.status().servers[0].state, ConnectionState::kConnected)
-      << connectionStateName(network.status().servers[0].state);
-  EXPECT_EQ(network.status().main, b.url()) << "a server that comes back does not take over";
-  ASSERT_OK(client.call<std::string>("echo", "after the blackhole").status());
-  const Network::Stats stats = network.stats();
+      net.events.waitFor(NetworkEvent::Kind::kConnected, viaRelay, passAt, 10s);
+  ASSERT_TRUE(back.has_value()) << "A never came back\n" << net.events.dump();
+  EXPECT_EQ(net.network.status().servers[0].state, ConnectionState::kConnected)
+      << connectionStateName(net.network.status().servers[0].state);
+  EXPECT_EQ(net.network.status().main, b.url()) << "a server that comes back does not take over";
+  ASSERT_OK(net.client.call<std::string>("echo", "after the blackhole").status());
+  const Network::Stats stats = net.network.stats();
   EXPECT_GE(stats.failovers, 1u);
   EXPECT_GE(stats.replayed, 1u);
-  network.stop();
+  net.network.stop();
   const TcpRelay::Counters relayed = relay.counters();
-  figures.add("ping_interval", options.pingInterval);
-  figures.add("ping_timeout", options.pingTimeout);
+  figures.add("ping_interval", kPingInterval);
+  figures.add("ping_timeout", kPingTimeout);
   figures.add("failover_call", failedOverIn);
   figures.add("found_by", down->event.detail);
   figures.add("reconnected_after_pass", back->at - passAt);
@@ -456,46 +453,32 @@ TEST(FaultsTest, ResetConnectionIsSeenAtOnceThenReconnects) {
     const std::string viaRelay = relay.url();
     auto factory = std::make_unique<TransportFactory>();
     {
-      TransportConnector connector(*factory);
-      LogCapture logs;
-      EventLog events;
-      Network::Options options{.servers = {viaRelay, b.url()},
-                               .preferred = viaRelay,
-                               .connectTimeout = 500ms,
-                               .pingInterval = 5s,
-                               .pingTimeout = 5s,
-                               .backoffInitial = 100ms,
-                               .backoffMax = 400ms,
-                               .onEvent = events.recorder(),
-                               .log = logs.sink()};
-      Network network = Network::create(connector, options).value();
-      RpcClient client =
-          RpcClient::create(network, target(), {.timeout = 5s, .idempotent = true}).value();
-      ASSERT_OK(client.call<std::string>("echo", "warm up").status());
-      ASSERT_EQ(network.status().main, viaRelay);
+      NetworkViaRelay net(*factory, viaRelay, b.url(), 5s, 5s);
+      ASSERT_OK(net.client.call<std::string>("echo", "warm up").status());
+      ASSERT_EQ(net.network.status().main, viaRelay);
 
       const Deadline resetAt = Clock::now();
       ASSERT_TRUE(relay.setMode(TcpRelay::Mode::kReset));
       std::optional<EventLog::Timed> down =
-          events.waitFor(NetworkEvent::Kind::kDisconnected, viaRelay, resetAt, 10s);
-      ASSERT_TRUE(down.has_value()) << events.dump();
-      EXPECT_NE(down->event.detail.find("link lost"), std::string::npos) << events.dump();
+          net.events.waitFor(NetworkEvent::Kind::kDisconnected, viaRelay, resetAt, 10s);
+      ASSERT_TRUE(down.has_value()) << net.events.dump();
+      EXPECT_NE(down->event.detail.find("link lost"), std::string::npos) << net.events.dump();
       EXPECT_LT(down->at - resetAt, 2s) << "found by the link, not by a ping";
-      Result<std::string> echoed = client.call<std::string>("echo", "during the reset");
+      Result<std::string> echoed = net.client.call<std::string>("echo", "during the reset");
       ASSERT_OK(echoed.status());
-      EXPECT_EQ(network.status().main, b.url());
+      EXPECT_EQ(net.network.status().main, b.url());
       // A's next attempt (after its back-off) is reset as soon as the relay accepts it.
-      std::optional<EventLog::Timed> retried = events.waitFor(
+      std::optional<EventLog::Timed> retried = net.events.waitFor(
           NetworkEvent::Kind::kDisconnected, viaRelay, down->at + std::chrono::nanoseconds(1), 10s);
-      ASSERT_TRUE(retried.has_value()) << events.dump();
+      ASSERT_TRUE(retried.has_value()) << net.events.dump();
       EXPECT_GE(relay.counters().refused, 1u);
 
       const Deadline passAt = Clock::now();
       ASSERT_TRUE(relay.setMode(TcpRelay::Mode::kPass));
       std::optional<EventLog::Timed> back =
-          events.waitFor(NetworkEvent::Kind::kConnected, viaRelay, passAt, 10s);
-      ASSERT_TRUE(back.has_value()) << "A never came back\n" << events.dump();
-      network.stop();
+          net.events.waitFor(NetworkEvent::Kind::kConnected, viaRelay, passAt, 10s);
+      ASSERT_TRUE(back.has_value()) << "A never came back\n" << net.events.dump();
+      net.network.stop();
       const TcpRelay::Counters relayed = relay.counters();
       EXPECT_GE(relayed.resets, 1u);
       figures.add("link_lost_after_reset", down->at - resetAt);
@@ -721,15 +704,11 @@ TEST_F(SlowConsumerTest, ClientDoesNotSpinWhileAnExpiredMessageWaitsBehindTheHea
 // what arrives while the worker is free, and a burst that arrives together is cut to that.)
 TEST(FaultsTest, OverloadedServerRejectsTheExcessAtOnce) {
   Figures figures("faults", "overload");
-  ChildProcess child({envOr("SWITCHBOARD_SERVER", "switchboard-server"), "--listen",
-                      "tcp://127.0.0.1:0", "--threads", "1", "--queue-capacity", "1",
-                      "--max-in-flight", "1"});
-  const std::string prefix = "listening on ";
-  std::optional<std::string> line = child.readLine(deadlineAfter(10s));
-  ASSERT_TRUE(line && line->rfind(prefix, 0) == 0) << "no endpoint printed";
-  const std::string url = line->substr(prefix.size());
+  ServerProcess server("threadpool", "tcp://127.0.0.1:0",
+                       {"--threads", "1", "--queue-capacity", "1", "--max-in-flight", "1"});
+  ASSERT_FALSE(server.url().empty()) << "no endpoint printed";
   TransportFactory factory;
-  std::unique_ptr<Transport> transport = factory.makeTransport(url).value();
+  std::unique_ptr<Transport> transport = factory.makeTransport(server.url()).value();
   constexpr int64_t kSleepMs = 20;
   constexpr size_t kUnloaded = 40;
   constexpr size_t kRounds = 3;
@@ -777,9 +756,40 @@ TEST(FaultsTest, OverloadedServerRejectsTheExcessAtOnce) {
   figures.add("max_overloaded_answer", maxOf(log.latencies(StatusCode::kOverloaded)));
 }
 
-// Case 7: shutdown under load. An in-process server (thread pool, ZeroMQ tcp loopback) holds
-// `held` calls whose handlers defer their replies to executor timers `holdMs` later; once all
-// are in, stop() and wait(2 s), with `late` calls sent between the two.
+// "hold"(ms): defers its reply (`ms`) to an executor timer `ms` later, and adds one to
+// `entered` (which must outlive the endpoint) once the call is in.
+Endpoint holdEndpoint(Events& entered) {
+  Endpoint ep;
+  ep.method("hold",
+            [&entered](CallContext& ctx, int64_t ms) {
+              auto reply = std::make_shared<DeferredReply>(ctx.defer());
+              Status scheduled = ctx.executor()->runAt(deadlineAfter(std::chrono::milliseconds(ms)),
+                                                       [reply, ms] { reply->complete(ms); });
+              if (!scheduled) reply->fail(scheduled);
+              entered.add();
+            },
+            {"ms"});
+  return ep;
+}
+
+// An in-process server (thread pool, ZeroMQ tcp loopback) serving holdEndpoint(entered).
+// start() the server, then make a direct client's transport with clientTransport().
+struct HoldingServer {
+  // A transport for a direct client of the server; it must not outlive this.
+  std::unique_ptr<Transport> clientTransport() {
+    return factory.makeTransport(transport.boundEndpoint()).value();
+  }
+
+  TransportFactory factory;
+  ZmqTransport transport{factory.zmqContext(), "tcp://127.0.0.1:*"};
+  Events entered;
+  MessageHandlingServer server{transport, Target{.topic = "switchboard", .server = "s"},
+                               RpcDispatcher({holdEndpoint(entered)}),
+                               std::make_unique<ThreadPoolExecutor>()};
+};
+
+// Case 7: shutdown under load. A HoldingServer holds `held` calls for `holdMs`; once all are
+// in, stop() and wait(2 s), with `late` calls sent between the two.
 struct ShutdownRun {
   Status waited;
   Duration drained{};                                        // from stop() to wait()'s return
@@ -792,28 +802,15 @@ struct ShutdownRun {
 };
 
 void shutDownUnderLoad(size_t held, size_t late, int64_t holdMs, ShutdownRun& run) {
-  TransportFactory factory;
-  ZmqTransport serverTransport(factory.zmqContext(), "tcp://127.0.0.1:*");
-  Events entered;
-  Endpoint ep;
-  ep.method("hold",
-            [&entered](CallContext& ctx, int64_t ms) {
-              auto reply = std::make_shared<DeferredReply>(ctx.defer());
-              Status scheduled = ctx.executor()->runAt(deadlineAfter(std::chrono::milliseconds(ms)),
-                                                       [reply, ms] { reply->complete(ms); });
-              if (!scheduled) reply->fail(scheduled);
-              entered.add();
-            },
-            {"ms"});
-  MessageHandlingServer server(serverTransport, Target{.topic = "switchboard", .server = "s"},
-                               RpcDispatcher({ep}), std::make_unique<ThreadPoolExecutor>());
+  HoldingServer holding;
+  MessageHandlingServer& server = holding.server;
   ASSERT_OK(server.start());
-  std::unique_ptr<Transport> transport =
-      factory.makeTransport(serverTransport.boundEndpoint()).value();
+  std::unique_ptr<Transport> transport = holding.clientTransport();
   OutcomeLog log(held + late);
   std::optional<RpcClient> client(RpcClient::create(*transport, target(), {.timeout = 3s}).value());
   for (size_t i = 0; i < held; ++i) client->callAsync("hold", {Value(holdMs)}, log.recorder(i));
-  ASSERT_TRUE(entered.waitFor(static_cast<int>(held), 10s)) << entered.count() << " entered";
+  ASSERT_TRUE(holding.entered.waitFor(static_cast<int>(held), 10s))
+      << holding.entered.count() << " entered";
 
   const Deadline stoppedAt = Clock::now();
   server.stop();
@@ -833,7 +830,7 @@ void shutDownUnderLoad(size_t held, size_t late, int64_t holdMs, ShutdownRun& ru
   run.lateTimedOut = log.count(StatusCode::kTimeout, held);
   run.notExactlyOnce = log.notExactlyOnce();
   run.served = server.stats();
-  run.zmq = serverTransport.stats();
+  run.zmq = holding.transport.stats();
   run.summary = log.summary() + "; server received " + std::to_string(run.served.received) +
                 ", replied " + std::to_string(run.served.replied) + ", in flight " +
                 std::to_string(run.served.inFlight) + "; zmq replies sent " +
@@ -884,33 +881,22 @@ TEST(FaultsTest, ShutdownUnderLoadAnswersEveryCallOnce) {
 TEST(FaultsTest, RepliesWrittenJustBeforeTheListenerClosesReachASlowClient) {
   constexpr size_t kHeld = 100;
   for (int round = 0; round < 10; ++round) {
-    TransportFactory factory;
-    ZmqTransport serverTransport(factory.zmqContext(), "tcp://127.0.0.1:*");
-    Events entered;
-    Endpoint ep;
-    ep.method("hold", [&entered](CallContext& ctx) {
-      auto reply = std::make_shared<DeferredReply>(ctx.defer());
-      Status scheduled =
-          ctx.executor()->runAt(deadlineAfter(100ms), [reply] { reply->complete("held"); });
-      if (!scheduled) reply->fail(scheduled);
-      entered.add();
-    });
-    MessageHandlingServer server(serverTransport, Target{.topic = "switchboard", .server = "s"},
-                                 RpcDispatcher({ep}), std::make_unique<ThreadPoolExecutor>());
+    HoldingServer holding;
+    MessageHandlingServer& server = holding.server;
     ASSERT_OK(server.start());
-    std::unique_ptr<Transport> transport =
-        factory.makeTransport(serverTransport.boundEndpoint()).value();
+    std::unique_ptr<Transport> transport = holding.clientTransport();
     testing::Gate resume;
     OutcomeLog log(kHeld);
     {
       RpcClient client = RpcClient::create(*transport, target(), {.timeout = 1s}).value();
       for (size_t i = 0; i < kHeld; ++i) {
-        client.callAsync("hold", {}, [&resume, record = log.recorder(i)](Result<Value> outcome) {
-          record(std::move(outcome));
-          resume.wait(10s);  // bounded: holds the client's I/O thread until it is open
-        });
+        client.callAsync("hold", {Value(100)},
+                         [&resume, record = log.recorder(i)](Result<Value> outcome) {
+                           record(std::move(outcome));
+                           resume.wait(10s);  // bounded: holds the client's I/O thread until open
+                         });
       }
-      EXPECT_TRUE(entered.waitFor(static_cast<int>(kHeld), 10s));
+      EXPECT_TRUE(holding.entered.waitFor(static_cast<int>(kHeld), 10s));
       server.stop();
       EXPECT_OK(server.wait(deadlineAfter(2s)));  // all answered, then the listener closed
       resume.open();

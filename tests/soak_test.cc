@@ -7,7 +7,6 @@
 // its own call's payload, no record token is executed twice, every record answered Ok is in a
 // journal, and the client's descriptor and thread counts stay flat and come back to where they
 // started. Reports the client's resident-memory slope. Figures: gtest XML properties.
-#include <dirent.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <unistd.h>
@@ -60,19 +59,10 @@ long residentKiB() {
   return residentPages * (::sysconf(_SC_PAGESIZE) / 1024);
 }
 
-int entriesIn(const char* path) {
-  DIR* dir = ::opendir(path);
-  if (dir == nullptr) return -1;
-  int n = 0;
-  while (const dirent* e = ::readdir(dir)) {
-    if (e->d_name[0] != '.') ++n;
-  }
-  ::closedir(dir);
-  return n - (std::string(path) == "/proc/self/fd" ? 1 : 0);  // the one opendir holds
-}
-
-int openDescriptors() { return entriesIn("/proc/self/fd"); }
-int threads() { return entriesIn("/proc/self/task"); }
+// This process's descriptors and threads, as docs/RELIABILITY.md reports them: countEntries
+// also counts "." and "..", and (in /proc/self/fd) the descriptor its opendir holds.
+int openDescriptors() { return static_cast<int>(testing::countEntries("/proc/self/fd")) - 3; }
+int threads() { return static_cast<int>(testing::countEntries("/proc/self/task")) - 2; }
 
 // Least-squares slope of y over x; zero with fewer than two points.
 double slope(const std::vector<std::pair<double, double>>& points) {
@@ -105,22 +95,35 @@ std::string payloadFor(const std::string& token, size_t size) {
 class SoakClient {
  public:
   struct Totals {
-    uint64_t issued = 0;
-    uint64_t answered = 0;        // calls with an outcome
-    uint64_t extraOutcomes = 0;   // outcomes after a call's first (the contract: none)
-    uint64_t mismatched = 0;      // echo answers that were not the call's payload
+    uint64_t answered = 0;       // calls with an outcome
+    uint64_t extraOutcomes = 0;  // outcomes after a call's first (the contract: none)
+    uint64_t mismatched = 0;     // echo answers that were not the call's payload
     uint64_t echoes = 0, echoesOk = 0;
     uint64_t bytesSent = 0;
     uint64_t records = 0, recordsOk = 0;
     std::map<std::string, uint64_t> errors;  // by status code name
+
+    uint64_t issued() const { return echoes + records; }
+    Totals& operator+=(const Totals& t) {
+      answered += t.answered;
+      extraOutcomes += t.extraOutcomes;
+      mismatched += t.mismatched;
+      echoes += t.echoes;
+      echoesOk += t.echoesOk;
+      bytesSent += t.bytesSent;
+      records += t.records;
+      recordsOk += t.recordsOk;
+      for (const auto& [code, n] : t.errors) errors[code] += n;
+      return *this;
+    }
   };
 
   SoakClient(int id, Connector& connector, Network::Options options, uint64_t seed)
       : id_(id), random_(seed) {
     network_.emplace(Network::create(connector, std::move(options)).value());
-    client_.emplace(RpcClient::create(*network_, Target{.topic = "switchboard"},
-                                      {.timeout = kCallTimeout})
-                        .value());
+    client_.emplace(
+        RpcClient::create(*network_, Target{.topic = "switchboard"}, {.timeout = kCallTimeout})
+            .value());
   }
 
   // Issues calls until `until`, then waits (within a bound) for the ones still out.
@@ -163,7 +166,6 @@ class SoakClient {
     if (dice < 15) {
       {
         std::lock_guard<std::mutex> lock(mutex_);
-        ++totals_.issued;
         ++totals_.records;
       }
       client_->callAsync("record", {Value(token)}, [this, seq, delivered](Result<Value> r) {
@@ -179,7 +181,6 @@ class SoakClient {
     std::string payload = payloadFor(token, size);
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      ++totals_.issued;
       ++totals_.echoes;
       totals_.bytesSent += size;
     }
@@ -239,14 +240,18 @@ class SoakServer {
   SoakServer(std::string executor, std::string journal)
       : executor_(std::move(executor)), journal_(std::move(journal)) {}
 
-  // Starts it on its URL (a fresh loopback port the first time); false if it did not come up.
+  // Starts it on its URL (the first time, on a fresh loopback port, another each attempt);
+  // false if it did not come up.
   bool start() {
     for (int attempt = 0; attempt < 5; ++attempt) {
-      if (url_.empty()) url_ = freeTcpUrl();
-      process_.emplace(executor_, url_,
+      const std::string url = url_.empty() ? freeTcpUrl() : url_;
+      process_.emplace(executor_, url,
                        std::vector<std::string>{"--journal", journal_, "--log-level", "warning",
                                                 "--drain-seconds", "5"});
-      if (!process_->url().empty()) return true;
+      if (!process_->url().empty()) {
+        url_ = process_->url();  // what it listens on: restarts reuse it
+        return true;
+      }
       process_.reset();
     }
     return false;
@@ -369,17 +374,7 @@ TEST(SoakTest, TwoServersTwoClientsMixedPayloadsRandomKillsAndRestarts) {
   Network::Stats network;
   std::vector<std::string> tokensOk;
   for (auto& c : clients) {
-    const SoakClient::Totals t = c->totals();
-    all.issued += t.issued;
-    all.answered += t.answered;
-    all.extraOutcomes += t.extraOutcomes;
-    all.mismatched += t.mismatched;
-    all.echoes += t.echoes;
-    all.echoesOk += t.echoesOk;
-    all.bytesSent += t.bytesSent;
-    for (const auto& [code, n] : t.errors) all.errors[code] += n;
-    all.records += t.records;
-    all.recordsOk += t.recordsOk;
+    all += c->totals();
     const std::vector<std::string> tokens = c->recordTokensOk();
     tokensOk.insert(tokensOk.end(), tokens.begin(), tokens.end());
     const Network::Stats s = c->networkStats();
@@ -403,8 +398,8 @@ TEST(SoakTest, TwoServersTwoClientsMixedPayloadsRandomKillsAndRestarts) {
     if (p.first * 60 >= seconds / 3.0) settled.push_back(p);
   }
   const double rssSlope = slope(settled);
-  figures.add("calls", static_cast<int64_t>(all.issued));
-  figures.add("calls_lost", static_cast<int64_t>(all.issued - all.answered));
+  figures.add("calls", static_cast<int64_t>(all.issued()));
+  figures.add("calls_lost", static_cast<int64_t>(all.issued() - all.answered));
   figures.add("extra_outcomes", static_cast<int64_t>(all.extraOutcomes));
   figures.add("mismatched_answers", static_cast<int64_t>(all.mismatched));
   figures.add("echo_ok", static_cast<int64_t>(all.echoesOk));
@@ -414,7 +409,8 @@ TEST(SoakTest, TwoServersTwoClientsMixedPayloadsRandomKillsAndRestarts) {
   figures.add("records_executed_twice", static_cast<int64_t>(executedTwice));
   figures.add("records_ok_not_journaled", static_cast<int64_t>(okNotJournaled));
   std::string errors;
-  for (const auto& [code, n] : all.errors) errors += (errors.empty() ? "" : ",") + code + ":" + std::to_string(n);
+  for (const auto& [code, n] : all.errors)
+    errors += (errors.empty() ? "" : ",") + code + ":" + std::to_string(n);
   figures.add("errors", errors.empty() ? "none" : errors);
   figures.add("mib_sent", static_cast<int64_t>(all.bytesSent >> 20));
   figures.add("sigkills", kills);
@@ -435,11 +431,13 @@ TEST(SoakTest, TwoServersTwoClientsMixedPayloadsRandomKillsAndRestarts) {
   figures.add("steady_fds", std::to_string(steadyFdsMin) + ".." + std::to_string(steadyFdsMax));
   figures.add("steady_threads",
               std::to_string(steadyThreadsMin) + ".." + std::to_string(steadyThreadsMax));
-  figures.add("fds_before_after", std::to_string(fdsBefore) + "/" + std::to_string(openDescriptors()));
-  figures.add("threads_before_after", std::to_string(threadsBefore) + "/" + std::to_string(threads()));
+  figures.add("fds_before_after",
+              std::to_string(fdsBefore) + "/" + std::to_string(openDescriptors()));
+  figures.add("threads_before_after",
+              std::to_string(threadsBefore) + "/" + std::to_string(threads()));
 
   EXPECT_GT(kills + terms, 0) << "the schedule never took a server down";
-  EXPECT_EQ(all.issued, all.answered) << "calls lost without an error";
+  EXPECT_EQ(all.issued(), all.answered) << "calls lost without an error";
   EXPECT_EQ(all.extraOutcomes, 0u);
   EXPECT_EQ(all.mismatched, 0u);
   EXPECT_EQ(executedTwice, 0u) << "a non-idempotent call ran twice";
