@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -12,6 +13,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -32,7 +34,6 @@
 #include <string>
 #include <string_view>
 #include <thread>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 #include <zmq.hpp>
@@ -54,12 +55,9 @@ constexpr auto kDrainGrace = std::chrono::seconds(2);       // for calls in flig
 constexpr auto kConnectWait = std::chrono::seconds(5);      // for a client's first answer
 constexpr auto kServerStartWait = std::chrono::seconds(5);  // for a child's "listening on"
 constexpr auto kServerStopWait = std::chrono::seconds(3);   // for a server to stop before SIGKILL
-constexpr auto kFloorStopPoll = std::chrono::milliseconds(50);
-constexpr auto kTallyRetryPause = std::chrono::milliseconds(1);
-constexpr int kLingerMs = 200;
-constexpr int kMinCpuTicks = 10;       // a CPU figure needs this many ticks of its clock
-constexpr int kHighWaterMark = 10000;  // as ZmqTransport's default
-constexpr size_t kWindows[] = {1, 16, 256};
+constexpr int kMinCpuTicks = 10;  // a CPU figure needs this many ticks of its clock
+constexpr size_t kMaxWindow = 256;
+constexpr size_t kWindows[] = {1, 16, kMaxWindow};
 constexpr uint64_t kCastBatch = 256;        // casts sent between two barrier calls
 constexpr size_t kCastBatchesInFlight = 2;  // batches sent and not yet passed by their barrier
 constexpr size_t kFiguresPerMeasurement = 1 + std::size(kWindows) + 1;  // latency, windows, casts
@@ -254,10 +252,12 @@ Status checkEcho(const FloorReply& reply, const std::string& payload) {
   return Status::ok();
 }
 
+// The floor's sockets get the linger and high-water marks of ZmqTransport's sockets.
 void applySocketOptions(zmq::socket_t& socket) {
-  socket.set(zmq::sockopt::linger, kLingerMs);
-  socket.set(zmq::sockopt::sndhwm, kHighWaterMark);
-  socket.set(zmq::sockopt::rcvhwm, kHighWaterMark);
+  const ZmqTransport::Options switchboards;
+  socket.set(zmq::sockopt::linger, switchboards.lingerMs);
+  socket.set(zmq::sockopt::sndhwm, switchboards.sendHighWaterMark);
+  socket.set(zmq::sockopt::rcvhwm, switchboards.sendHighWaterMark);
 }
 
 // Sends `bytes` as one frame (after an identity frame when given), waiting for room until
@@ -311,6 +311,7 @@ class FloorServer final : public RunningServer {
   static Result<std::unique_ptr<FloorServer>> start(zmq::context_t& context,
                                                     const std::string& url) {
     auto server = std::unique_ptr<FloorServer>(new FloorServer(context));
+    if (server->wake_ < 0) return errnoStatus("floor: eventfd");
     try {
       applySocketOptions(server->router_);
       server->router_.bind(url);
@@ -323,8 +324,11 @@ class FloorServer final : public RunningServer {
   }
 
   ~FloorServer() override {
-    stopping_.store(true);  // the loop sees it within kFloorStopPoll
+    stopping_.store(true);
+    const uint64_t one = 1;
+    (void)::write(wake_, &one, sizeof one);  // ends the loop's poll
     if (thread_.joinable()) thread_.join();
+    if (wake_ >= 0) ::close(wake_);
   }
 
   const std::string& url() const override { return url_; }
@@ -332,14 +336,16 @@ class FloorServer final : public RunningServer {
   std::string_view cpuScope() const override { return "process"; }
 
  private:
-  explicit FloorServer(zmq::context_t& context) : router_(context, zmq::socket_type::router) {}
+  explicit FloorServer(zmq::context_t& context)
+      : router_(context, zmq::socket_type::router), wake_(::eventfd(0, EFD_CLOEXEC)) {}
 
   void serve() {
     try {
-      zmq::pollitem_t item{router_.handle(), 0, ZMQ_POLLIN, 0};
+      zmq::pollitem_t items[] = {{router_.handle(), 0, ZMQ_POLLIN, 0},
+                                 {nullptr, wake_, ZMQ_POLLIN, 0}};
       while (!stopping_.load(std::memory_order_relaxed)) {
-        zmq::poll(&item, 1, kFloorStopPoll);
-        if ((item.revents & ZMQ_POLLIN) == 0) continue;
+        zmq::poll(items, 2, std::chrono::milliseconds(-1));  // waker: wake_
+        if ((items[0].revents & ZMQ_POLLIN) == 0) continue;
         for (;;) {
           zmq::message_t identity, body;
           if (!router_.recv(identity, zmq::recv_flags::dontwait)) break;
@@ -399,6 +405,7 @@ class FloorServer final : public RunningServer {
 
   zmq::socket_t router_;  // the loop thread's once it started
   std::string url_;
+  const int wake_;  // an eventfd: the destructor's waker of the loop's poll
   std::atomic<bool> stopping_{false};
   uint64_t notifications_ = 0;  // loop thread only, like the two below
   uint64_t dropped_ = 0;
@@ -450,10 +457,11 @@ class SwitchboardServer final : public RunningServer {
   ~SwitchboardServer() override {
     if (!server_) return;
     server_->stop();
-    if (blockingLoop_.joinable()) blockingLoop_.join();  // execute() returns after stop()
+    // Bounded; for the blocking executor it also waits for execute() to return.
     if (Status s = server_->wait(deadlineAfter(kServerStopWait)); !s) {
       std::cerr << "switchboard-bench: server did not stop: " << s << "\n";
     }
+    if (blockingLoop_.joinable()) blockingLoop_.join();
   }
 
   const std::string& url() const override { return url_; }
@@ -663,10 +671,17 @@ class FloorClient final : public EchoClient {
   }
 
   Status startCall(const Payload& payload) override {
-    const uint32_t msgid = nextMsgid_++;
+    const uint32_t msgid = nextMsgid_;
+    InFlightCall& slot = inFlight_[msgid % kMaxWindow];
+    if (slot.payload) {
+      return Status(StatusCode::kInvalidState,
+                    "the floor client keeps at most " + std::to_string(kMaxWindow) +
+                        " calls in flight");
+    }
+    ++nextMsgid_;
     packRequest(request_, msgid, kEchoMethod, payload.get());
     if (Status sent = send(deadlineAfter(kCallTimeout)); !sent) return sent;
-    inFlight_.emplace(msgid, payload);
+    slot = {msgid, payload};
     return Status::ok();
   }
 
@@ -681,10 +696,10 @@ class FloorClient final : public EchoClient {
             done.add(Status(StatusCode::kProtocolError, "not a response"));
             continue;
           }
-          const auto call = inFlight_.find(reply->msgid);
-          if (call == inFlight_.end()) continue;  // an abandoned call's
-          done.add(checkEcho(*reply, *call->second));
-          inFlight_.erase(call);
+          InFlightCall& call = inFlight_[reply->msgid % kMaxWindow];
+          if (!call.payload || call.msgid != reply->msgid) continue;  // an abandoned call's
+          done.add(checkEcho(*reply, *call.payload));
+          call.payload.reset();
         }
         if (done.count() > 0 || Clock::now() >= deadline) return done;
         zmq::pollitem_t item{dealer_.handle(), 0, ZMQ_POLLIN, 0};
@@ -696,7 +711,7 @@ class FloorClient final : public EchoClient {
     }
   }
 
-  void abandonCalls() override { inFlight_.clear(); }
+  void abandonCalls() override { inFlight_.fill({}); }
 
   Status cast(const Payload& payload) override {
     packNotification(request_, kEchoMethod, *payload);
@@ -756,7 +771,14 @@ class FloorClient final : public EchoClient {
   zmq::socket_t dealer_;
   uint32_t nextMsgid_ = 1;
   msgpack::sbuffer request_;
-  std::unordered_map<uint32_t, Payload> inFlight_;  // started calls by msgid
+  // Started calls, in slot msgid % kMaxWindow: msgids are consecutive and the floor answers in
+  // order, so up to kMaxWindow calls in flight never share a slot. Starting a call allocates
+  // nothing, as a floor's client should not. No payload: a free slot.
+  struct InFlightCall {
+    uint32_t msgid = 0;
+    Payload payload;
+  };
+  std::array<InFlightCall, kMaxWindow> inFlight_;
 };
 
 // Outcomes of calls started with callAsync: recorded by their callbacks on any thread, taken by
@@ -988,8 +1010,9 @@ RateFigure measureThroughput(EchoClient& client, const RunningServer& server,
 
 // Casts with flow control: batches of kCastBatch casts, each followed by an echo call (the
 // barrier: one ordered link, so its reply means the server took the batch), kCastBatchesInFlight
-// batches in flight. Then the server's counters say how many it took and did not drop; a cast
-// sent and not counted by bounds.drainUntil is an error.
+// batches in flight. Then the server's counters say how many it took and did not drop (a server
+// counts a message as it takes it, so the last barrier's reply means every cast sent is
+// counted); a cast sent and not counted is an error.
 RateFigure measureCasts(EchoClient& client, const RunningServer& server, const Payload& payload,
                         const Bounds& bounds) {
   RateFigure figure;
@@ -1015,13 +1038,7 @@ RateFigure measureCasts(EchoClient& client, const RunningServer& server, const P
     }
     return client.startCall(payload);
   });
-  const auto grown = [](uint64_t now, uint64_t then) { return now - std::min(now, then); };
-  Result<CastTally> after = client.castTally();
-  while (after && grown(after->taken, before->taken) < castsSent &&
-         Clock::now() < bounds.drainUntil) {
-    std::this_thread::sleep_for(kTallyRetryPause);  // paces the stats calls
-    after = client.castTally();
-  }
+  const Result<CastTally> after = client.castTally();
   const std::optional<CpuReading> cpuAfter = server.cpuTime();
   figure.seconds = seconds(run.elapsed);
   figure.errors = castFailures.failed + run.outcomes.failed;
@@ -1032,6 +1049,7 @@ RateFigure measureCasts(EchoClient& client, const RunningServer& server, const P
     if (figure.firstError.empty()) figure.firstError = "stats: " + after.status().toString();
     return figure;
   }
+  const auto grown = [](uint64_t now, uint64_t then) { return now - std::min(now, then); };
   const uint64_t taken = grown(after->taken, before->taken);
   const uint64_t dropped = grown(after->failed, before->failed);
   figure.calls = taken - std::min(taken, dropped);

@@ -107,14 +107,17 @@ std::string statsJson(const MessageHandlingServer::Stats& s, const ZmqTransport*
 }
 
 // Writes `json` to `path` through a temporary file and a rename, so readers never see half.
-void writeStatsFile(const std::string& path, const std::string& json) {
+// False when the file could not be written or renamed.
+bool writeStatsFile(const std::string& path, const std::string& json) {
   const std::string temporary = path + ".tmp";
   {
     std::ofstream file(temporary, std::ios::trunc);
     file << json << "\n";
+    if (!file.flush()) return false;
   }
   std::error_code error;
   std::filesystem::rename(temporary, path, error);
+  return !error;
 }
 
 std::string hostName() {
@@ -260,7 +263,9 @@ int main(int argc, char** argv) {
   const auto reportStats = [&] {
     const std::string json = statsJson(server.stats(), zmq);
     logger->info("stats {}", json);
-    if (!statsFile.empty()) writeStatsFile(statsFile, json);
+    if (!statsFile.empty() && !writeStatsFile(statsFile, json)) {
+      logger->warn("cannot write the stats file {}", statsFile);
+    }
   };
   std::mutex reporterMutex;
   std::condition_variable reporterWake;
