@@ -28,17 +28,6 @@ constexpr auto kWait = 10s;
 constexpr auto kQuiet = 150ms;  // how long "nothing more arrives" is watched for
 const std::string kTopic = "notifications.info";
 
-// Waits until `condition` holds (true) or `bound` passes (false), looking every millisecond:
-// for state only observable by polling (the broker's counters).
-bool eventually(const std::function<bool()>& condition, Duration bound = kWait) {
-  const Deadline deadline = deadlineAfter(bound);
-  while (!condition()) {
-    if (Clock::now() >= deadline) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
-
 class ZmqNotificationTest : public ::testing::Test {
  protected:
   void SetUp() override { startBroker(ZmqNotificationBroker::Options{}); }
@@ -62,7 +51,9 @@ class ZmqNotificationTest : public ::testing::Test {
     Result<std::unique_ptr<Listener>> listener = transport_->subscribe({{kTopic}, pool});
     EXPECT_OK(listener.status());
     if (!listener) return nullptr;
-    EXPECT_TRUE(eventually([&] { return broker_->stats().subscribers == expectedSubscribers; }))
+    EXPECT_TRUE(broker_->waitForStats(
+        [&](const ZmqNotificationBroker::Stats& s) { return s.subscribers == expectedSubscribers; },
+        deadlineAfter(kWait)))
         << "subscribers: " << broker_->stats().subscribers;
     return std::move(listener).value();
   }
@@ -149,7 +140,9 @@ TEST_F(ZmqNotificationTest, PublishReachesSubscriber) {
   ASSERT_OK(transport_->publish(kTopic, "hello"));
   auto got = collect({listener.get()}, 1);
   EXPECT_EQ(got[listener.get()], std::vector<std::string>{"hello"});
-  EXPECT_TRUE(eventually([&] { return broker_->stats().acknowledged == 1; }));
+  EXPECT_TRUE(broker_->waitForStats(
+      [&](const ZmqNotificationBroker::Stats& s) { return s.acknowledged == 1; },
+      deadlineAfter(kWait)));
   const auto stats = broker_->stats();
   EXPECT_EQ(stats.published, 1u);
   EXPECT_EQ(stats.delivered, 1u);
@@ -181,7 +174,9 @@ TEST_F(ZmqNotificationTest, MessageContract) {
   EXPECT_CODE(listener->poll(deadlineAfter(1ms), 8, none), StatusCode::kShuttingDown);
   batch[0]->acknowledge();
   batch.clear();
-  EXPECT_TRUE(eventually([&] { return broker_->stats().subscribers == 0; }));
+  EXPECT_TRUE(broker_->waitForStats(
+      [&](const ZmqNotificationBroker::Stats& s) { return s.subscribers == 0; },
+      deadlineAfter(kWait)));
   EXPECT_EQ(broker_->stats().acknowledged, 0u);
 }
 
@@ -218,7 +213,9 @@ TEST_F(ZmqNotificationTest, PoolMembersShareTheWork) {
   std::sort(expected.begin(), expected.end());
   EXPECT_EQ(all, expected);  // each exactly once overall
   expectQuiet({a.get(), b.get()});
-  EXPECT_TRUE(eventually([&] { return broker_->stats().acknowledged == 20; }));
+  EXPECT_TRUE(broker_->waitForStats(
+      [&](const ZmqNotificationBroker::Stats& s) { return s.acknowledged == 20; },
+      deadlineAfter(kWait)));
 }
 
 TEST_F(ZmqNotificationTest, TwoPoolsAndUnpooledEachGetEveryMessage) {
@@ -254,7 +251,9 @@ TEST_F(ZmqNotificationTest, RequeueRedeliversUpToMaxDeliveries) {
     EXPECT_OK(held[0]->requeue());
     held[0]->acknowledge();  // the first of the two wins: ignored
   }
-  EXPECT_TRUE(eventually([&] { return broker_->stats().exhausted == 1; }));
+  EXPECT_TRUE(
+      broker_->waitForStats([&](const ZmqNotificationBroker::Stats& s) { return s.exhausted == 1; },
+                            deadlineAfter(kWait)));
   expectQuiet({a.get(), b.get()});
   const auto stats = broker_->stats();
   EXPECT_EQ(stats.delivered, 3u);
@@ -288,7 +287,9 @@ TEST_F(ZmqNotificationTest, ClosedPoolMemberHeldMessagesGoToTheOther) {
   EXPECT_EQ(got[b.get()], range(0, 5));
   held.clear();  // settling after close does nothing
   expectQuiet({b.get()});
-  EXPECT_TRUE(eventually([&] { return broker_->stats().acknowledged == 5; }));
+  EXPECT_TRUE(broker_->waitForStats(
+      [&](const ZmqNotificationBroker::Stats& s) { return s.acknowledged == 5; },
+      deadlineAfter(kWait)));
   EXPECT_EQ(broker_->stats().requeued, 5u);
 }
 
@@ -324,7 +325,9 @@ TEST_F(ZmqNotificationTest, PublishBeforeTheBrokerIsReachableIsQueued) {
   ASSERT_OK(early.publish(kTopic, "early"));
   auto late = startAt(url);
   ASSERT_TRUE(late);
-  EXPECT_TRUE(eventually([&] { return late->stats().published == 1; }));
+  EXPECT_TRUE(
+      late->waitForStats([&](const ZmqNotificationBroker::Stats& s) { return s.published == 1; },
+                         deadlineAfter(kWait)));
 }
 
 TEST_F(ZmqNotificationTest, MalformedMessagesAreCountedAndTheBrokerKeepsServing) {
@@ -351,7 +354,9 @@ TEST_F(ZmqNotificationTest, MalformedMessagesAreCountedAndTheBrokerKeepsServing)
       ASSERT_TRUE(dealer.send(zmq::buffer(message[i]), flags));
     }
   }
-  EXPECT_TRUE(eventually([&] { return broker_->stats().malformedDropped == bad.size(); }))
+  EXPECT_TRUE(broker_->waitForStats(
+      [&](const ZmqNotificationBroker::Stats& s) { return s.malformedDropped == bad.size(); },
+      deadlineAfter(kWait)))
       << broker_->stats().malformedDropped;
   EXPECT_GT(log_.count(LogLevel::kWarning, "malformed"), 0);
   EXPECT_EQ(broker_->stats().subscribers, 0u);
@@ -376,7 +381,9 @@ TEST_F(ZmqNotificationTest, SilentSubscriberExpiresAndItsDeliveriesGoBack) {
   ASSERT_TRUE(dealer.send(zmq::str_buffer("workers"), zmq::send_flags::sndmore));
   ASSERT_TRUE(dealer.send(zmq::str_buffer("10"), zmq::send_flags::sndmore));
   ASSERT_TRUE(dealer.send(zmq::buffer(kTopic), zmq::send_flags::none));
-  ASSERT_TRUE(eventually([&] { return broker_->stats().subscribers == 1; }));
+  ASSERT_TRUE(broker_->waitForStats(
+      [&](const ZmqNotificationBroker::Stats& s) { return s.subscribers == 1; },
+      deadlineAfter(kWait)));
   ASSERT_OK(transport_->publish(kTopic, "orphan"));
   dealer.set(zmq::sockopt::rcvtimeo, static_cast<int>(std::chrono::milliseconds(kWait).count()));
   std::vector<zmq::message_t> frames;

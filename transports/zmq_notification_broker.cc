@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <condition_variable>
 #include <map>
 #include <mutex>
 #include <set>
@@ -104,6 +105,7 @@ struct ZmqNotificationBroker::Impl {
           expireSilent();
           nextSweep = Clock::now() + sweepEvery;
         }
+        turnDone();
         const long timeoutMs = ready_.empty() ? detail::pollTimeoutMs(nextSweep) : 0;
         zmq_pollitem_t items[2] = {{socket_.handle(), 0, ZMQ_POLLIN, 0},
                                    {nullptr, waker_.fd(), ZMQ_POLLIN, 0}};
@@ -124,7 +126,19 @@ struct ZmqNotificationBroker::Impl {
     for (auto& [identity, peer] : peers_) router_.unsubscribe(peer.id);
     peers_.clear();
     subscribers_.store(0);
+    turnDone();
     socket_.close();  // bounded by ZMQ_LINGER
+  }
+
+  // Wakes waitForStats() callers: the counters may have moved.
+  void turnDone() {
+    std::lock_guard<std::mutex> lock(turnMutex_);
+    turnDone_.notify_all();
+  }
+
+  bool waitForStats(const std::function<bool(const Stats&)>& condition, Deadline deadline) {
+    std::unique_lock<std::mutex> lock(turnMutex_);
+    return turnDone_.wait_until(lock, deadline, [&] { return condition(stats()); });
   }
 
   // Takes up to kReceiveBatch messages now queued at the ROUTER.
@@ -314,6 +328,8 @@ struct ZmqNotificationBroker::Impl {
   std::atomic<bool> stopping_{false};
   std::atomic<uint64_t> malformedDropped_{0}, subscribersExpired_{0}, subscribers_{0};
 
+  std::mutex turnMutex_;                // orders turnDone() and waitForStats()
+  std::condition_variable turnDone_;    // notified after each turn of the routing loop
   mutable std::mutex mutex_;
   bool started_ = false;       // guarded by mutex_ (also set by stop())
   std::string boundEndpoint_;  // guarded by mutex_
@@ -344,5 +360,10 @@ std::string ZmqNotificationBroker::boundEndpoint() const {
 }
 
 ZmqNotificationBroker::Stats ZmqNotificationBroker::stats() const { return impl_->stats(); }
+
+bool ZmqNotificationBroker::waitForStats(const std::function<bool(const Stats&)>& condition,
+                                         Deadline deadline) const {
+  return impl_->waitForStats(condition, deadline);
+}
 
 }  // namespace switchboard

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -75,6 +76,10 @@ class ZmqNotificationBroker final {
   // The endpoint start() bound, with the real port for tcp port 0 or *; empty before.
   std::string boundEndpoint() const;
   Stats stats() const;
+  // Waits until `condition` holds for stats(), checked now and after each turn of the routing
+  // loop (a turn that took messages, served subscribers or expired one), or until `deadline`:
+  // false then. `condition` runs on the calling thread and must not call the broker.
+  bool waitForStats(const std::function<bool(const Stats&)>& condition, Deadline deadline) const;
 
  private:
   struct Impl;
