@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 #include <thread>
 
 #include "executors/blocking_executor.h"
@@ -13,18 +14,21 @@
 namespace switchboard::testing {
 
 struct BlockingKind {
+  static std::string name() { return "Blocking"; }
   static constexpr bool kBlocking = true;
   static std::unique_ptr<Executor> make(ExecutorOptions options = {}) {
     return std::make_unique<BlockingExecutor>(std::move(options));
   }
 };
 struct EventLoopKind {
+  static std::string name() { return "EventLoop"; }
   static constexpr bool kBlocking = false;
   static std::unique_ptr<Executor> make(ExecutorOptions options = {}) {
     return std::make_unique<EventLoopExecutor>(std::move(options));
   }
 };
 struct ThreadPoolKind {
+  static std::string name() { return "ThreadPool"; }
   static constexpr bool kBlocking = false;
   static std::unique_ptr<Executor> make(ExecutorOptions options = {}) {
     ThreadPoolExecutor::Options pool;
