@@ -115,17 +115,27 @@ NetworkCore::NetworkCore(Transport& transport, LogSink log)
 
 NetworkCore::~NetworkCore() { stop(true); }
 
-Status NetworkCore::start() {
-  if (options_.servers.empty()) {
-    return Status(StatusCode::kInvalidTarget, "a network needs at least one server");
-  }
+namespace {
+
+// kInvalidTarget for an empty URL or one listed twice.
+Status validateServerList(const std::vector<std::string>& urls) {
   std::set<std::string> seen;
-  for (const std::string& url : options_.servers) {
+  for (const std::string& url : urls) {
     if (url.empty()) return Status(StatusCode::kInvalidTarget, "a server URL is empty");
     if (!seen.insert(url).second) {
       return Status(StatusCode::kInvalidTarget, "server " + url + " is listed twice");
     }
   }
+  return Status::ok();
+}
+
+}  // namespace
+
+Status NetworkCore::start() {
+  if (options_.servers.empty()) {
+    return Status(StatusCode::kInvalidTarget, "a network needs at least one server");
+  }
+  if (Status valid = validateServerList(options_.servers); !valid) return valid;
   if (options_.backoffInitial <= Duration::zero() || options_.backoffMax < options_.backoffInitial ||
       options_.backoffJitter < 0 || options_.backoffJitter >= 1) {
     return Status(StatusCode::kInvalidTarget, "back-off needs 0 < initial <= max, 0 <= jitter < 1");
@@ -264,7 +274,11 @@ TimerId NetworkCore::scheduleLocked(Deadline at, std::function<void(Effects&)> t
 // ----- connections
 
 bool NetworkCore::isWantedLocked(int s) const {
-  return !stopped_ && (options_.autoConnect || s == wanted_);
+  return !stopped_ && servers_[s].listed && (options_.autoConnect || s == wanted_);
+}
+
+bool NetworkCore::isUsableLocked(int s) const {
+  return servers_[s].listed && servers_[s].state == ConnectionState::kConnected;
 }
 
 int NetworkCore::serverOf(uint64_t connection) const {
@@ -510,11 +524,12 @@ Duration NetworkCore::backoffLocked(const Server& server) {
 void NetworkCore::chooseMainLocked() {
   if (main_ >= 0 || stopped_) return;
   int chosen = -1;
-  if (servers_[wanted_].state == ConnectionState::kConnected) {
+  if (isUsableLocked(wanted_)) {
     chosen = wanted_;
-  } else if (options_.autoConnect && servers_[wanted_].state != ConnectionState::kConnecting) {
+  } else if (options_.autoConnect && (!servers_[wanted_].listed ||
+                                      servers_[wanted_].state != ConnectionState::kConnecting)) {
     for (size_t s = 0; s < servers_.size(); ++s) {
-      if (servers_[s].state == ConnectionState::kConnected) {
+      if (isUsableLocked(static_cast<int>(s))) {
         chosen = static_cast<int>(s);
         break;
       }
@@ -535,7 +550,7 @@ Status NetworkCore::switchTo(const std::string& url) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopped_) return Status(StatusCode::kShuttingDown, "the network is stopped");
     auto it = std::find_if(servers_.begin(), servers_.end(),
-                           [&](const Server& s) { return s.url == url; });
+                           [&](const Server& s) { return s.url == url && s.listed; });
     if (it == servers_.end()) {
       return Status(StatusCode::kInvalidTarget, "unknown server " + url);
     }
@@ -556,6 +571,69 @@ Status NetworkCore::switchTo(const std::string& url) {
   return Status::ok();
 }
 
+// Servers are never erased (their indexes live in timers and calls): one that leaves the list
+// is marked unlisted and is neither wanted nor usable until it is listed again.
+Status NetworkCore::setServers(std::vector<std::string> urls) {
+  if (Status valid = validateServerList(urls); !valid) return valid;
+  Effects fx;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopped_) return Status(StatusCode::kShuttingDown, "the network is stopped");
+    const std::set<std::string> listed(urls.begin(), urls.end());
+    for (size_t s = 0; s < servers_.size(); ++s) {
+      if (servers_[s].listed && listed.count(servers_[s].url) == 0) {
+        leaveLocked(static_cast<int>(s), fx);
+      }
+    }
+    for (const std::string& url : urls) {
+      auto it = std::find_if(servers_.begin(), servers_.end(),
+                             [&](const Server& server) { return server.url == url; });
+      if (it == servers_.end()) {
+        it = servers_.insert(servers_.end(), Server{.url = url});
+      } else if (!it->listed) {
+        it->listed = true;
+        it->failures = 0;
+      }
+    }
+    if (!servers_[wanted_].listed && !urls.empty()) {
+      wanted_ = static_cast<int>(
+          std::find_if(servers_.begin(), servers_.end(),
+                       [&](const Server& server) { return server.url == urls.front(); }) -
+          servers_.begin());
+    }
+    for (int s = 0; s < static_cast<int>(servers_.size()); ++s) {
+      if (isWantedLocked(s)) startConnectionLocked(s, StartReason::kWanted, fx);
+    }
+    chooseMainLocked();
+    if (main_ >= 0) dispatchWaitingLocked(fx);
+  }
+  finish(fx);
+  return Status::ok();
+}
+
+// `s` left the server list: it takes no new call; a connection closes once its calls are
+// answered (or fail), so a server that unregisters before it drains loses none of them.
+void NetworkCore::leaveLocked(int s, Effects& fx) {
+  Server& server = servers_[s];
+  server.listed = false;
+  if (s == main_) {
+    main_ = -1;
+    emitLocked(NetworkEvent::Kind::kMainChanged, {}, "main server " + server.url + " was removed");
+  }
+  if (server.state == ConnectionState::kConnecting) {
+    connectionDownLocked(s, "removed from the server list", false, fx);
+  } else {
+    closeIfDrainedLocked(s, fx);
+  }
+}
+
+void NetworkCore::closeIfDrainedLocked(int s, Effects& fx) {
+  const Server& server = servers_[s];
+  if (!server.listed && server.state == ConnectionState::kConnected && server.inFlight == 0) {
+    connectionDownLocked(s, "removed from the server list", false, fx);
+  }
+}
+
 // ----- calls
 
 Deadline NetworkCore::expiryOf(const Pending& call) const {
@@ -571,7 +649,7 @@ int NetworkCore::selectLocked() {
     case SelectionPolicy::kRoundRobin:
       for (size_t i = 0; i < servers_.size(); ++i) {
         const size_t s = (roundRobin_ + i) % servers_.size();
-        if (servers_[s].state == ConnectionState::kConnected) {
+        if (isUsableLocked(static_cast<int>(s))) {
           roundRobin_ = s + 1;
           return static_cast<int>(s);
         }
@@ -580,7 +658,7 @@ int NetworkCore::selectLocked() {
     case SelectionPolicy::kLeastInFlight: {
       int best = main_;
       for (size_t s = 0; s < servers_.size(); ++s) {
-        if (servers_[s].state == ConnectionState::kConnected &&
+        if (isUsableLocked(static_cast<int>(s)) &&
             servers_[s].inFlight < servers_[best].inFlight) {
           best = static_cast<int>(s);
         }
@@ -663,9 +741,9 @@ Status NetworkCore::cast(const Address& to, const NotificationMessage& cast) {
   const Deadline deadline = now() + std::chrono::seconds(5);
   if (to.fanout && !direct_) {
     size_t reached = 0;
-    for (Server& server : servers_) {
-      if (server.state != ConnectionState::kConnected) continue;
-      if (server.channel->send(to, bytes, deadline)) ++reached;
+    for (size_t s = 0; s < servers_.size(); ++s) {
+      if (!isUsableLocked(static_cast<int>(s))) continue;
+      if (servers_[s].channel->send(to, bytes, deadline)) ++reached;
     }
     return reached > 0 ? Status::ok()
                        : Status(StatusCode::kTransportError, "no server is connected");
@@ -682,6 +760,7 @@ void NetworkCore::failLocked(uint32_t id, Status why, Effects& fx) {
   if (call.server >= 0 && servers_[call.server].connection == call.connection &&
       servers_[call.server].inFlight > 0) {
     --servers_[call.server].inFlight;
+    closeIfDrainedLocked(call.server, fx);
   }
   if (why.code() == StatusCode::kPeerLost) peerLost_.fetch_add(1, std::memory_order_relaxed);
   if (why.code() == StatusCode::kTimeout) timeouts_.fetch_add(1, std::memory_order_relaxed);
@@ -789,6 +868,7 @@ void NetworkCore::onReply(uint64_t connection, std::string bytes) {
                                  response->error.isOk() ? Result<Value>(std::move(response->result))
                                                         : Result<Value>(std::move(response->error)));
         pending_.erase(call);
+        closeIfDrainedLocked(s, fx);
       } else if (direct_ || server.retired.count(id) != 0) {
         lateReplies_.fetch_add(1, std::memory_order_relaxed);
       } else {
@@ -866,6 +946,7 @@ NetworkStatus NetworkCore::status() const {
   NetworkStatus out;
   if (main_ >= 0) out.main = servers_[main_].url;
   for (const Server& server : servers_) {
+    if (!server.listed) continue;
     out.servers.push_back({server.url, server.state, server.inFlight, server.failures});
     if (server.state == ConnectionState::kConnected) ++out.connected;
   }
@@ -993,6 +1074,9 @@ Network::Subscription Network::subscribe(std::function<void(const NetworkEvent&)
 }
 
 Status Network::switchTo(const std::string& server) const { return core_->switchTo(server); }
+Status Network::setServers(std::vector<std::string> servers) const {
+  return core_->setServers(std::move(servers));
+}
 NetworkStatus Network::status() const { return core_->status(); }
 Network::Stats Network::stats() const { return core_->stats(); }
 void Network::stop() const { core_->stop(); }

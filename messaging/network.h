@@ -95,7 +95,7 @@ struct NetworkStatus {
     uint32_t failures = 0;  // consecutive failures: the back-off exponent
   };
   std::string main;             // empty when there is none
-  std::vector<Server> servers;  // in the order given
+  std::vector<Server> servers;  // the listed ones, in the order they were first given
   size_t connected = 0;         // servers connected now (never counts connecting ones)
   size_t waiting = 0;           // calls waiting for a main server
 };
@@ -182,6 +182,14 @@ class Network {
   // (a server backing off is tried when its back-off ends). Switching to the current main does
   // nothing. kInvalidTarget for an unknown server.
   Status switchTo(const std::string& server) const;
+
+  // Replaces the server list (a registry's live servers, say). New servers are connected as
+  // create() would; a server left out takes no new call and its connection closes once the
+  // calls sent to it are answered or fail (a main server left out is replaced at once, as on
+  // failover but without counting one). A wanted server left out passes the wish to the first
+  // of `servers`. An empty list is allowed: calls wait for a server until their deadlines.
+  // kInvalidTarget for an empty or repeated URL; kShuttingDown once stopped.
+  Status setServers(std::vector<std::string> servers) const;
 
   NetworkStatus status() const;
   Stats stats() const;

@@ -655,5 +655,86 @@ TEST_F(NetworkTest, CallMonitorHeartbeatsOnlyCountOnTheCallsOwnConnection) {
   EXPECT_NE(outcomes_[monitored]->status().message().find("heartbeats"), std::string::npos);
 }
 
+// ----- a server list that changes (a registry's live servers)
+
+TEST_F(NetworkTest, SetServersConnectsAnAddedServerAndAMainLeftOutIsReplacedWithoutAFailover) {
+  start(optionsFor({A}));
+  servers_.answerHealth(A);
+  ASSERT_OK(network_->setServers({A, B}));
+  EXPECT_EQ(servers_.attempts(B), 1);
+  EXPECT_EQ(stateOf(B), ConnectionState::kConnecting);
+  servers_.answerHealth(B);
+  EXPECT_EQ(network_->status().connected, 2u);
+  EXPECT_EQ(network_->status().main, A) << "the main server stays main";
+  ASSERT_OK(network_->setServers({B}));
+  EXPECT_EQ(network_->status().main, B);
+  ASSERT_EQ(network_->status().servers.size(), 1u) << "A is no longer listed";
+  timers_.runDue();  // channels are destroyed on the timer thread
+  EXPECT_EQ(servers_.liveChannels(), 1) << "A had no call in flight: closed at once";
+  const size_t c = call("after");
+  EXPECT_EQ(methodsSentTo(B), std::vector<std::string>{"after"});
+  answer(B, servers_.calls(B).at(0));
+  EXPECT_TRUE(outcomes_[c].has_value() && outcomes_[c]->isOk());
+  EXPECT_EQ(network_->stats().failovers, 0u) << "a removal is not a failure";
+}
+
+TEST_F(NetworkTest, AServerLeftOutAnswersItsCallsBeforeItsConnectionCloses) {
+  start(optionsFor({A, B}));
+  servers_.answerHealth(A);
+  servers_.answerHealth(B);
+  const size_t first = call("first");  // to A, not idempotent: never sent twice
+  ASSERT_EQ(methodsSentTo(A), std::vector<std::string>{"first"});
+  ASSERT_OK(network_->setServers({B}));
+  const size_t second = call("second");
+  EXPECT_EQ(methodsSentTo(B), std::vector<std::string>{"second"}) << "A takes no new call";
+  timers_.runDue();
+  EXPECT_EQ(servers_.liveChannels(), 2) << "A stays connected while it owes an answer";
+  ASSERT_OK(client_->prepare({.fanout = true}).cast("hello", 1));
+  for (const auto& sent : servers_.sent(A)) {
+    EXPECT_FALSE(std::holds_alternative<detail::NotificationMessage>(sent.message))
+        << "a fanout skips a server left out";
+  }
+  answer(A, servers_.calls(A).at(0));
+  ASSERT_TRUE(outcomes_[first].has_value());
+  EXPECT_EQ(outcomes_[first]->value(), Value("first"));
+  timers_.runDue();
+  EXPECT_EQ(servers_.liveChannels(), 1) << "closed once its last call was answered";
+  EXPECT_FALSE(outcomes_[second].has_value());
+  EXPECT_EQ(network_->stats().peerLost, 0u);
+}
+
+TEST_F(NetworkTest, AnEmptyListHoldsCallsUntilAServerIsListedAndConnects) {
+  start(optionsFor({A}));
+  servers_.answerHealth(A);
+  ASSERT_OK(network_->setServers({}));
+  timers_.runDue();
+  EXPECT_EQ(network_->status().main, "");
+  const size_t waiting = call("waiting", false, 10s);
+  EXPECT_EQ(network_->status().waiting, 1u);
+  ASSERT_OK(network_->setServers({C}));
+  servers_.answerHealth(C);
+  EXPECT_EQ(methodsSentTo(C), std::vector<std::string>{"waiting"});
+  answer(C, servers_.calls(C).at(0));
+  EXPECT_TRUE(outcomes_[waiting].has_value() && outcomes_[waiting]->isOk());
+  ASSERT_OK(network_->setServers({A, C}));  // listed again: a new connection
+  EXPECT_EQ(servers_.attempts(A), 2);
+  EXPECT_CODE(network_->setServers({A, A}), StatusCode::kInvalidTarget);
+  EXPECT_CODE(network_->setServers({""}), StatusCode::kInvalidTarget);
+  network_->stop();
+  EXPECT_CODE(network_->setServers({A}), StatusCode::kShuttingDown);
+}
+
+TEST_F(NetworkTest, WithoutAutoConnectAWantedServerLeftOutPassesTheWishToTheFirstListed) {
+  Network::Options options = optionsFor({A, B});
+  options.autoConnect = false;
+  start(options);
+  EXPECT_EQ(servers_.attempts(A), 1);
+  ASSERT_OK(network_->setServers({B, C}));
+  EXPECT_EQ(servers_.attempts(B), 1);
+  EXPECT_EQ(servers_.attempts(C), 0) << "only the wanted server is connected";
+  servers_.answerHealth(B);
+  EXPECT_EQ(network_->status().main, B);
+}
+
 }  // namespace
 }  // namespace switchboard

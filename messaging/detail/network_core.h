@@ -72,6 +72,7 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
   void addSubscription(std::shared_ptr<EventSlot> slot);
   void removeSubscription(const std::shared_ptr<EventSlot>& slot);
   Status switchTo(const std::string& server);
+  Status setServers(std::vector<std::string> urls);
   NetworkStatus status() const;
   Network::Stats stats() const;
   void stop();
@@ -86,7 +87,8 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
     std::optional<uint32_t> ping{};          // the handshake or ping awaiting its answer
     size_t inFlight = 0;
     uint32_t failures = 0;
-      std::unordered_set<uint32_t> retired{};  // ids of expired calls sent on this connection
+    bool listed = true;  // false once setServers() left it out: neither wanted nor usable
+    std::unordered_set<uint32_t> retired{};  // ids of expired calls sent on this connection
     std::deque<uint32_t> retiredOrder{};
   };
 
@@ -137,6 +139,9 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
   Deadline expiryOf(const Pending& call) const;
   Duration backoffLocked(const Server& server);
   bool isWantedLocked(int s) const;
+  bool isUsableLocked(int s) const;  // listed and connected: may take calls
+  void leaveLocked(int s, Effects& fx);
+  void closeIfDrainedLocked(int s, Effects& fx);
   int serverOf(uint64_t connection) const;
 
   void onReply(uint64_t connection, std::string bytes);
