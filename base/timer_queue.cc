@@ -95,7 +95,7 @@ void ThreadTimerQueue::cancel(TimerId id) {
     dropped = std::move(task->second);
     state_->tasks.erase(task);
     state_->byId.erase(found);
-  } else if (!isQueueThread()) {
+  } else if (id != 0 && !isQueueThread()) {  // 0 is never an id: `running` is 0 when idle
     state_->wake.wait(lock, [&] { return state_->running != id; });
   }
   lock.unlock();

@@ -4,6 +4,7 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "base/timer_queue.h"
@@ -49,6 +50,23 @@ TEST(ThreadTimerQueueTest, CancellingTheTaskTheThreadWaitsForIsSafe) {
     ASSERT_TRUE(testing::readyWithin(done));
     timers.cancel(far);  // the next schedule() wakes the thread from that wait
   }
+}
+
+TEST(ThreadTimerQueueTest, CancellingTheUnusedIdZeroOnAnIdleQueueReturnsAtOnce) {
+  // Leaked if cancel(0) hangs (nothing can release it): the stuck thread keeps using it.
+  auto* timers = new ThreadTimerQueue;
+  std::promise<void> returned;
+  std::future<void> done = returned.get_future();
+  std::thread canceller([timers, &returned] {
+    timers->cancel(0);  // ids are never 0: ignored, as any unknown id
+    returned.set_value();
+  });
+  if (!testing::readyWithin(done)) {
+    canceller.detach();
+    FAIL() << "cancel(0) waits for a task to run";
+  }
+  canceller.join();
+  delete timers;
 }
 
 TEST(ThreadTimerQueueTest, CancelWaitsForARunningTaskAndDestroysAPendingOne) {
