@@ -71,6 +71,11 @@ TEST(IncludeRulesTest, MsgpackStaysInTheCodec) {
   expectConfinedTo(std::regex(R"re(#\s*include\s*[<"]msgpack)re"), {"codec.cc"});
 }
 
+TEST(IncludeRulesTest, BoostAsioStaysInTheMsgpackTcpTransport) {
+  expectConfinedTo(std::regex(R"re(#\s*include\s*[<"]boost/asio)re"),
+                   {"msgpack_rpc_tcp_transport.cc"});
+}
+
 TEST(IncludeRulesTest, CppzmqStaysInTheZmqTransport) {
   expectConfinedTo(std::regex(R"re(#\s*include\s*[<"]zmq)re"),
                    {"zmq_transport.cc", "zmq_notification_broker.cc", "zmq_socket.h"});

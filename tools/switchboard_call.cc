@@ -256,8 +256,8 @@ int main(int argc, char** argv) {
   const CLI::Range positiveMs(int64_t{1}, int64_t{86400000});
 
   app.add_option("--connect", connect,
-                 "server URL, repeatable (default tcp://127.0.0.1:5555); several make a network "
-                 "with failover")
+                 "server URL (tcp://, ipc://, inproc://, msgpack+tcp://, memory://), repeatable "
+                 "(default tcp://127.0.0.1:5555); several make a network with failover")
       ->allow_extra_args(false);
   app.add_option("--timeout", timeoutMs, "deadline of each call in ms")
       ->check(positiveMs)

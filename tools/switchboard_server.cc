@@ -28,6 +28,7 @@
 #include "executors/thread_pool_executor.h"
 #include "messaging/server.h"
 #include "tools/sample_service.h"
+#include "transports/msgpack_rpc_tcp_transport.h"
 #include "transports/transport_factory.h"
 #include "transports/zmq_notification_broker.h"
 
@@ -144,7 +145,8 @@ int main(int argc, char** argv) {
   std::string journalFile;
   app.add_option("--notification-broker", brokerUrl,
                  "also run a notification broker on this ZeroMQ URL (switchboard-call notify/listen)");
-  app.add_option("--listen", listen, "URL to serve on (tcp://, ipc://, inproc://, memory://)")
+  app.add_option("--listen", listen,
+                 "URL to serve on (tcp://, ipc://, inproc://, msgpack+tcp://, memory://)")
       ->capture_default_str();
   app.add_option("--executor", executorKind, "threadpool, blocking or eventloop")
       ->check(CLI::IsMember({"threadpool", "blocking", "eventloop"}))
@@ -255,10 +257,12 @@ int main(int argc, char** argv) {
     return 1;
   }
   auto* zmq = dynamic_cast<ZmqTransport*>(transport->get());
-  std::cout << "listening on " << (zmq ? zmq->boundEndpoint() : listen) << std::endl;
+  auto* tcp = dynamic_cast<MsgpackRpcTcpTransport*>(transport->get());
+  const std::string endpoint = zmq ? zmq->boundEndpoint() : tcp ? tcp->boundEndpoint() : listen;
+  std::cout << "listening on " << endpoint << std::endl;
   if (broker) std::cout << "notification broker on " << broker->boundEndpoint() << std::endl;
-  logger->info("serving topic {} as {} on {} with the {} executor", topic, name,
-               zmq ? zmq->boundEndpoint() : listen, executorKind);
+  logger->info("serving topic {} as {} on {} with the {} executor", topic, name, endpoint,
+               executorKind);
 
   const auto reportStats = [&] {
     const std::string json = statsJson(server.stats(), zmq);

@@ -50,6 +50,18 @@ Result<std::unique_ptr<Transport>> TransportFactory::makeTransport(
     }
     return std::unique_ptr<Transport>(std::make_unique<SharedInMemoryTransport>(it->second));
   }
+  if (startsWith(url, MsgpackRpcTcpTransport::kScheme)) {
+    if (Status s = MsgpackRpcTcpTransport::checkUrl(url); !s) return s;
+    if (!zmqOptions.curveSecretKey.empty() || !zmqOptions.curveServerKey.empty()) {
+      return Status(StatusCode::kInvalidTarget, "msgpack+tcp:// has no CURVE: use tcp://");
+    }
+    MsgpackRpcTcpTransport::Options options;
+    options.log = zmqOptions.log;
+    options.lingerMs = zmqOptions.lingerMs;
+    options.maxMessageBytes = zmqOptions.maxMessageBytes;
+    return std::unique_ptr<Transport>(
+        std::make_unique<MsgpackRpcTcpTransport>(std::string(url), std::move(options)));
+  }
   for (std::string_view scheme : {"tcp://", "ipc://", "inproc://"}) {
     if (startsWith(url, scheme) && url.size() > scheme.size()) {
       return std::unique_ptr<Transport>(
@@ -58,7 +70,7 @@ Result<std::unique_ptr<Transport>> TransportFactory::makeTransport(
   }
   return Status(StatusCode::kInvalidTarget,
                 "unsupported transport URL '" + std::string(url) +
-                    "' (use tcp://, ipc://, inproc:// or memory://)");
+                    "' (use tcp://, ipc://, inproc://, msgpack+tcp:// or memory://)");
 }
 
 }  // namespace switchboard

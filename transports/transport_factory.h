@@ -1,4 +1,5 @@
-// TransportFactory: makes a Transport from a URL (tcp://, ipc://, inproc://, memory://). It owns
+// TransportFactory: makes a Transport from a URL (tcp://, ipc://, inproc://, msgpack+tcp://,
+// memory://). It owns
 // what transports made from it share: the ZeroMQ context and the named in-memory brokers.
 #pragma once
 
@@ -10,6 +11,7 @@
 
 #include "base/status.h"
 #include "transports/in_memory_transport.h"
+#include "transports/msgpack_rpc_tcp_transport.h"
 #include "transports/transport.h"
 #include "transports/zmq_transport.h"
 
@@ -25,7 +27,9 @@ class TransportFactory final {
 
   // tcp://host:port, ipc://path, inproc://name: a ZmqTransport on this factory's context.
   // memory://name: the in-memory broker `name` of this factory (every transport made for the
-  // same name shares it). kInvalidTarget for another scheme.
+  // same name shares it). msgpack+tcp://host:port: a MsgpackRpcTcpTransport taking `log`,
+  // `lingerMs` and `maxMessageBytes` from `zmqOptions` (kInvalidTarget for a malformed URL, or
+  // when `zmqOptions` ask for CURVE, which it does not have). kInvalidTarget for another scheme.
   Result<std::unique_ptr<Transport>> makeTransport(std::string_view url);
   Result<std::unique_ptr<Transport>> makeTransport(std::string_view url,
                                                    const ZmqTransport::Options& zmqOptions);
