@@ -1,5 +1,6 @@
 // The layering rule of docs/ARCHITECTURE.md, checked on the source tree: base/ includes nothing
-// of the project, executors/ only base/, transports/ only base/, messaging/ no tools or tests.
+// of the project, executors/ only base/, transports/ only base/, messaging/ no tools or tests,
+// discovery/ only base/ and transports/address.h.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -46,6 +47,21 @@ TEST(IncludeRulesTest, TransportsIncludeOnlyBase) {
   }
 }
 
+TEST(IncludeRulesTest, DiscoveryIncludesOnlyBaseAndTheAddress) {
+  for (const auto& layer : includedLayers("discovery")) {
+    EXPECT_TRUE(layer == "base" || layer == "discovery" || layer == "transports")
+        << "discovery/ includes " << layer;
+  }
+  const std::regex transportInclude(R"re(#\s*include\s*"transports/(?!address\.h")[^"]*")re");
+  for (const auto& entry :
+       fs::recursive_directory_iterator(fs::path(SWITCHBOARD_SOURCE_ROOT) / "discovery")) {
+    if (!entry.is_regular_file()) continue;
+    std::ifstream in(entry.path());
+    const std::string text((std::istreambuf_iterator<char>(in)), {});
+    EXPECT_FALSE(std::regex_search(text, transportInclude)) << entry.path();
+  }
+}
+
 TEST(IncludeRulesTest, MessagingDoesNotReachUp) {
   for (const auto& layer : includedLayers("messaging")) {
     EXPECT_TRUE(layer != "tools" && layer != "tests") << "messaging/ includes " << layer;
@@ -54,7 +70,7 @@ TEST(IncludeRulesTest, MessagingDoesNotReachUp) {
 
 // Every library file that includes `header` (a regex over the include line) is one of `allowed`.
 void expectConfinedTo(const std::regex& header, const std::set<std::string>& allowed) {
-  for (const char* layer : {"base", "executors", "transports", "messaging"}) {
+  for (const char* layer : {"base", "executors", "transports", "messaging", "discovery"}) {
     for (const auto& entry :
          fs::recursive_directory_iterator(fs::path(SWITCHBOARD_SOURCE_ROOT) / layer)) {
       if (!entry.is_regular_file()) continue;
@@ -79,6 +95,10 @@ TEST(IncludeRulesTest, BoostAsioStaysInTheMsgpackTcpTransport) {
 TEST(IncludeRulesTest, CppzmqStaysInTheZmqTransport) {
   expectConfinedTo(std::regex(R"re(#\s*include\s*[<"]zmq)re"),
                    {"zmq_transport.cc", "zmq_notification_broker.cc", "zmq_socket.h"});
+}
+
+TEST(IncludeRulesTest, HiredisStaysInTheRedisRegistry) {
+  expectConfinedTo(std::regex(R"re(#\s*include\s*[<"]hiredis)re"), {"redis_registry.cc"});
 }
 
 }  // namespace
