@@ -32,6 +32,8 @@ std::string_view networkEventKindName(NetworkEvent::Kind kind) {
     case NetworkEvent::Kind::kConnected: return "connected";
     case NetworkEvent::Kind::kDisconnected: return "disconnected";
     case NetworkEvent::Kind::kMainChanged: return "main";
+    case NetworkEvent::Kind::kAdded: return "added";
+    case NetworkEvent::Kind::kRemoved: return "removed";
   }
   return "unknown";
 }
@@ -589,11 +591,14 @@ Status NetworkCore::setServers(std::vector<std::string> urls) {
       auto it = std::find_if(servers_.begin(), servers_.end(),
                              [&](const Server& server) { return server.url == url; });
       if (it == servers_.end()) {
-        it = servers_.insert(servers_.end(), Server{.url = url});
-      } else if (!it->listed) {
+        servers_.push_back(Server{.url = url});
+      } else if (it->listed) {
+        continue;
+      } else {
         it->listed = true;
         it->failures = 0;
       }
+      emitLocked(NetworkEvent::Kind::kAdded, url, {});
     }
     if (!servers_[wanted_].listed && !urls.empty()) {
       wanted_ = static_cast<int>(
@@ -616,6 +621,7 @@ Status NetworkCore::setServers(std::vector<std::string> urls) {
 void NetworkCore::leaveLocked(int s, Effects& fx) {
   Server& server = servers_[s];
   server.listed = false;
+  emitLocked(NetworkEvent::Kind::kRemoved, server.url, {});
   if (s == main_) {
     main_ = -1;
     emitLocked(NetworkEvent::Kind::kMainChanged, {}, "main server " + server.url + " was removed");

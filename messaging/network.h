@@ -80,6 +80,8 @@ struct NetworkEvent {
     kConnected,     // `server` answered the handshake
     kDisconnected,  // the attempt or connection to `server` ended; `detail` says why
     kMainChanged,   // `server` is the new main server (empty: there is none now)
+    kAdded,         // setServers() listed `server`, which was not listed
+    kRemoved,       // setServers() left `server` out (its connection closes once drained)
   };
   Kind kind;
   std::string server;

@@ -676,6 +676,12 @@ TEST_F(NetworkTest, SetServersConnectsAnAddedServerAndAMainLeftOutIsReplacedWith
   answer(B, servers_.calls(B).at(0));
   EXPECT_TRUE(outcomes_[c].has_value() && outcomes_[c]->isOk());
   EXPECT_EQ(network_->stats().failovers, 0u) << "a removal is not a failure";
+  const auto saw = [&](const std::string& event) {
+    return std::find(events_.begin(), events_.end(), event) != events_.end();
+  };
+  EXPECT_TRUE(saw("added " + B));
+  EXPECT_TRUE(saw("removed " + A));
+  EXPECT_FALSE(saw("added " + A)) << "listed from the start";
 }
 
 TEST_F(NetworkTest, AServerLeftOutAnswersItsCallsBeforeItsConnectionCloses) {

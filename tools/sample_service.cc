@@ -42,9 +42,10 @@ void sleepStep(Executor* executor, std::shared_ptr<DeferredReply> reply,
 
 }  // namespace
 
-Endpoint sampleEndpoint(int journalFd) {
+Endpoint sampleEndpoint(std::string name, int journalFd) {
   Endpoint ep;
   ep.method("echo", [](Value x) { return x; }, {"x"});
+  ep.method("whoami", [name = std::move(name)]() { return name; }, {});
   ep.method("add", [](Value a, Value b) -> Result<Value> {
     if (a.isInteger() && b.isInteger()) {
       Result<int64_t> x = fromValue<int64_t>(a), y = fromValue<int64_t>(b);

@@ -1,7 +1,10 @@
 // The sample service that switchboard-server serves: echo, add, sleep (honours cancellation
-// and never blocks an executor thread), fail (raises a remote error) and, given a journal,
-// record (appends its token to the journal: tests count executions across kills with it).
+// and never blocks an executor thread), fail (raises a remote error), whoami (the server's name:
+// which server of several answered) and, given a journal, record (appends its token to the
+// journal: tests count executions across kills with it).
 #pragma once
+
+#include <string>
 
 #include "messaging/endpoint.h"
 
@@ -14,6 +17,6 @@ struct SampleFailure : std::runtime_error {
 
 // `journalFd`: a descriptor opened O_APPEND, borrowed; -1 leaves `record` out. record(token)
 // writes "token\n" with one write(2) before it answers, so the line survives a SIGKILL after it.
-Endpoint sampleEndpoint(int journalFd = -1);
+Endpoint sampleEndpoint(std::string name, int journalFd = -1);
 
 }  // namespace switchboard::tools

@@ -440,7 +440,7 @@ class SwitchboardServer final : public RunningServer {
     });
     server->server_ = std::make_unique<MessageHandlingServer>(
         *server->transport_, Target{.topic = kTopic, .server = "bench"},
-        RpcDispatcher({tools::sampleEndpoint(), std::move(stats)}), makeExecutor(kind));
+        RpcDispatcher({tools::sampleEndpoint("bench"), std::move(stats)}), makeExecutor(kind));
     if (Status started = server->server_->start(); !started) return started;
     if (kind == ServerKind::kBlocking) {
       server->blockingLoop_ = std::thread([self] {

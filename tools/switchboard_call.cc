@@ -13,10 +13,12 @@
 #include <thread>
 #include <vector>
 
+#include "discovery/registry_factory.h"
 #include "executors/event_loop_executor.h"
 #include "messaging/network.h"
 #include "messaging/notification_listener.h"
 #include "messaging/notifier.h"
+#include "messaging/registry_network.h"
 #include "messaging/rpc_client.h"
 #include "tools/json.h"
 #include "transports/transport_factory.h"
@@ -255,10 +257,17 @@ int main(int argc, char** argv) {
   int64_t connectTimeoutMs = msOf(networkDefaults.connectTimeout);
   const CLI::Range positiveMs(int64_t{1}, int64_t{86400000});
 
-  app.add_option("--connect", connect,
-                 "server URL (tcp://, ipc://, inproc://, msgpack+tcp://, memory://), repeatable "
-                 "(default tcp://127.0.0.1:5555); several make a network with failover")
-      ->allow_extra_args(false);
+  auto* connectOption =
+      app.add_option("--connect", connect,
+                     "server URL (tcp://, ipc://, inproc://, msgpack+tcp://, memory://), "
+                     "repeatable (default tcp://127.0.0.1:5555); several make a network with "
+                     "failover")
+          ->allow_extra_args(false);
+  std::string registryUrl;
+  app.add_option("--registry", registryUrl,
+                 "find the servers of --topic (or --topic.--server) in this registry "
+                 "(redis://host:port, file:PATH) and follow them as they come and go")
+      ->excludes(connectOption);
   app.add_option("--timeout", timeoutMs, "deadline of each call in ms")
       ->check(positiveMs)
       ->capture_default_str();
@@ -266,7 +275,8 @@ int main(int argc, char** argv) {
                "send without waiting for a reply (several --connect: once a main server is "
                "chosen, waiting for one at most --timeout)");
   app.add_option("--topic", topic, "target topic")->capture_default_str();
-  app.add_option("--server", server, "target server name (memory:// transports)");
+  app.add_option("--server", server,
+                 "target server name (memory:// transports; with --registry: only that server)");
   app.add_option("--repeat", repeat, "make the call N times, one output line each")
       ->check(CLI::Range(int64_t{1}, int64_t{1000000000}))
       ->capture_default_str();
@@ -308,7 +318,7 @@ int main(int argc, char** argv) {
   app.add_option("args", args, "arguments, each a JSON value");
   if (std::optional<int> code = parse(app, argc, argv)) return *code;
   LineWriter writer;
-  if (connect.empty()) connect.push_back("tcp://127.0.0.1:5555");
+  if (connect.empty() && registryUrl.empty()) connect.push_back("tcp://127.0.0.1:5555");
 
   Array params;
   for (const std::string& arg : args) {
@@ -331,7 +341,9 @@ int main(int argc, char** argv) {
   // connector the network, the event callback's subscription the writer it prints with.
   TransportFactory factory;
   std::unique_ptr<Transport> transport;           // one --connect: direct
-  std::unique_ptr<TransportConnector> connector;  // several: a network
+  std::unique_ptr<TransportConnector> connector;  // several, or a registry: a network
+  std::unique_ptr<Registry> registry;
+  std::optional<RegistryNetwork> followed;  // the network of a registry, following it
   std::optional<Network> network;
   Network::Subscription subscription;
   std::optional<RpcClient> client;
@@ -346,7 +358,7 @@ int main(int argc, char** argv) {
     zmqOptions.curveServerKey = std::move(serverKey).value();
     zmqOptions.curveSecretKey = std::move(secret).value();
   }
-  if (connect.size() == 1) {
+  if (connect.size() == 1) {  // (--registry leaves --connect empty)
     Result<std::unique_ptr<Transport>> made = factory.makeTransport(connect.front(), zmqOptions);
     if (!made) return report(writer, made.status());
     transport = std::move(made).value();
@@ -365,9 +377,22 @@ int main(int argc, char** argv) {
     networkOptions.pingInterval = millis(pingIntervalMs);
     networkOptions.pingTimeout = millis(pingTimeoutMs);
     networkOptions.log = jsonLogSink(writer, events);
-    Result<Network> made = Network::create(*connector, std::move(networkOptions));
-    if (!made) return report(writer, made.status());
-    network.emplace(std::move(made).value());
+    if (registryUrl.empty()) {
+      Result<Network> made = Network::create(*connector, std::move(networkOptions));
+      if (!made) return report(writer, made.status());
+      network.emplace(std::move(made).value());
+    } else {
+      Result<std::unique_ptr<Registry>> madeRegistry =
+          makeRegistry(registryUrl, jsonLogSink(writer, events));
+      if (!madeRegistry) return report(writer, madeRegistry.status());
+      registry = std::move(madeRegistry).value();
+      Result<RegistryNetwork> made =
+          RegistryNetwork::create(*connector, *registry, server.empty() ? topic : topic + "." + server,
+                                  std::move(networkOptions));
+      if (!made) return report(writer, made.status());
+      followed.emplace(std::move(made).value());
+      network.emplace(followed->network());
+    }
     if (events) {
       subscription = network->subscribe([&writer](const NetworkEvent& event) {
         writer.err(

@@ -26,6 +26,7 @@
 #include "executors/blocking_executor.h"
 #include "executors/event_loop_executor.h"
 #include "executors/thread_pool_executor.h"
+#include "discovery/registry_factory.h"
 #include "messaging/server.h"
 #include "tools/sample_service.h"
 #include "transports/msgpack_rpc_tcp_transport.h"
@@ -143,6 +144,9 @@ int main(int argc, char** argv) {
   int statsIntervalMs = 0;
   std::string statsFile;
   std::string journalFile;
+  std::string registryUrl;  // empty: not registered anywhere
+  std::string advertise;    // empty: the endpoint bound
+  int registryTtlMs = 6000;
   app.add_option("--notification-broker", brokerUrl,
                  "also run a notification broker on this ZeroMQ URL (switchboard-call notify/listen)");
   app.add_option("--listen", listen,
@@ -186,6 +190,17 @@ int main(int argc, char** argv) {
                  "write the latest stats as JSON to this file (replaced atomically)");
   app.add_option("--journal", journalFile,
                  "serve record(token), appending each token as a line to this file");
+  app.add_option("--registry", registryUrl,
+                 "register as --topic and --topic.--name in this registry (redis://host:port) "
+                 "while serving; unregistered when stopped");
+  app.add_option("--advertise", advertise,
+                 "the URL clients reach this server at, registered (default: the endpoint bound; "
+                 "set it when listening on a wildcard address)");
+  app.add_option("--registry-ttl-ms", registryTtlMs,
+                 "how long the registration outlives this server if it dies (refreshed every "
+                 "third of it)")
+      ->check(CLI::Range(30, 3600 * 1000))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   auto logger = spdlog::stderr_logger_mt("switchboard-server");
@@ -250,7 +265,7 @@ int main(int argc, char** argv) {
   target.server = name;
   MessageHandlingServer::Options serverOptions;
   serverOptions.log = log;
-  MessageHandlingServer server(**transport, target, RpcDispatcher({tools::sampleEndpoint(journalFd)}),
+  MessageHandlingServer server(**transport, target, RpcDispatcher({tools::sampleEndpoint(name, journalFd)}),
                                makeExecutor(executorKind, pool), serverOptions);
   if (Status started = server.start(); !started) {
     std::cerr << "switchboard-server: " << started << "\n";
@@ -263,6 +278,29 @@ int main(int argc, char** argv) {
   if (broker) std::cout << "notification broker on " << broker->boundEndpoint() << std::endl;
   logger->info("serving topic {} as {} on {} with the {} executor", topic, name, endpoint,
                executorKind);
+
+  // Registered once serving, unregistered before the drain (clients stop sending new calls
+  // while the calls they sent are answered).
+  std::unique_ptr<Registry> registry;
+  std::unique_ptr<Registry::Registration> registration;
+  if (!registryUrl.empty()) {
+    Result<std::unique_ptr<Registry>> made = makeRegistry(registryUrl, log);
+    Result<std::unique_ptr<Registry::Registration>> registered =
+        made ? (*made)->registerServer({.topic = topic,
+                                        .server = name,
+                                        .url = advertise.empty() ? endpoint : advertise},
+                                       std::chrono::milliseconds(registryTtlMs))
+             : Result<std::unique_ptr<Registry::Registration>>(made.status());
+    if (!registered) {
+      std::cerr << "switchboard-server: registry: " << registered.status() << "\n";
+      server.stop();
+      (void)server.wait(deadlineAfter(std::chrono::seconds(drainSeconds)));
+      return 2;
+    }
+    registry = std::move(made).value();
+    registration = std::move(registered).value();
+    std::cout << "registered as " << topic << "." << name << " in " << registryUrl << std::endl;
+  }
 
   const auto reportStats = [&] {
     const std::string json = statsJson(server.stats(), zmq);
@@ -286,6 +324,11 @@ int main(int argc, char** argv) {
   std::thread signalWaiter([&] {
     int received = 0;
     sigwait(&signals, &received);
+    if (registration) {
+      if (Status removed = registration->close(); !removed) {
+        logger->warn("could not unregister (the entry expires by its TTL): {}", removed.toString());
+      }
+    }
     server.stop();
   });
   if (executorKind == "blocking") {
