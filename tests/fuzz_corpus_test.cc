@@ -60,6 +60,7 @@ void PrintTo(const FuzzTarget& target, std::ostream* os) { *os << target.name; }
 const FuzzTarget kTargets[] = {
     {"decode_message", &fuzz::fuzzDecodeMessage},
     {"router_frames", &fuzz::fuzzRouterFrames},
+    {"msgpack_stream", &fuzz::fuzzMsgpackStream},
     {"dispatch", &fuzz::fuzzDispatch},
     {"network_replies", &fuzz::fuzzNetworkReplies},
 };

@@ -165,6 +165,19 @@ FRAMES = [
 ]
 
 
+# Stream framing: byte 0 the piece size (0: all at once), then a stream of messages.
+STREAMS = [
+    b"\x00" + pack([0, 1, "echo", ["hi"]]),
+    b"\x01" + pack([0, 1, "add", [1, 2]]) + pack([2, "log", ["x"]]) + pack([4, 1]),
+    b"\x03" + pack([0, 2, "echo", [{"k": [1, 2.5, None, Bin(b"b")]}]]) + b"\x94\x00",
+    b"\x05" + b"\xd4\x01\x02" + pack([1, 1, None, 3]),
+    b"\x02" + b"\xdc\x00\x02\x01\x02" + b"\xc1",
+    b"\x00" + b"\xdd\xff\xff\xff\xff",
+    b"\x07" + b"\x91" * 9 + b"\x00",
+    b"\x10" + b"\xd9\x05hello" + b"\xc4\x02ab" + b"\xcb" + b"\x00" * 8,
+]
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..",
                                                              "corpus")
@@ -173,6 +186,7 @@ def main():
         "router_frames": FRAMES,
         "dispatch": DISPATCH,
         "network_replies": NETWORK,
+        "msgpack_stream": STREAMS,
     }
     for target, inputs in seeds.items():
         d = os.path.join(out, target)

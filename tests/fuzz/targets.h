@@ -31,6 +31,12 @@ void fuzzDispatch(const uint8_t* data, size_t size);
 // call has had exactly one outcome and no channel or timer of the network remains.
 void fuzzNetworkReplies(const uint8_t* data, size_t size);
 
+// detail::FrameScanner (the msgpack+tcp stream framing) on the input after byte 0, which picks
+// how it arrives (all at once, or in pieces of 1 to 16 bytes): the same messages either way,
+// each the next bytes of the stream and one MessagePack object to msgpack-c under the same
+// limits; bytes left waiting are no whole object.
+void fuzzMsgpackStream(const uint8_t* data, size_t size);
+
 // Reports a broken invariant on stderr and aborts; see FUZZ_CHECK.
 [[noreturn]] inline void checkFailed(const char* file, int line, const char* condition,
                                      std::string_view message) {
