@@ -61,6 +61,7 @@ class ToolsProcessTest : public ::testing::TestWithParam<std::string> {
   std::string call(const std::string& url, const std::string& args) {
     return envOr("SWITCHBOARD_CALL", "switchboard-call") + " --connect " + url + " " + args;
   }
+  void expectCliOutcomes(const std::string& url);
   // A DEALER connected to `url`: no linger, receives time out after 10 s.
   static zmq::socket_t dealerTo(zmq::context_t& context, const std::string& url) {
     zmq::socket_t dealer(context, zmq::socket_type::dealer);
@@ -71,8 +72,9 @@ class ToolsProcessTest : public ::testing::TestWithParam<std::string> {
   }
 };
 
-TEST_P(ToolsProcessTest, CliCallsTheServerAndReportsTypedErrors) {
-  ServerProcess server(GetParam());
+// switchboard-call against a server at `url`: results, typed errors and their exit codes.
+void ToolsProcessTest::expectCliOutcomes(const std::string& url) {
+  ServerProcess server(GetParam(), url);
   ASSERT_FALSE(server.url().empty()) << "server did not print its endpoint";
   auto r = run(call(server.url(), "echo '\"hi\"'"));
   EXPECT_EQ(r.exitCode, 0);
@@ -99,6 +101,14 @@ TEST_P(ToolsProcessTest, CliCallsTheServerAndReportsTypedErrors) {
   r = run(call(server.url(), "_introspect"));
   EXPECT_NE(r.out.find("sleep(ms: integer)"), std::string::npos) << r.out;
   EXPECT_EQ(server.terminate(), 0);
+}
+
+TEST_P(ToolsProcessTest, CliCallsTheServerAndReportsTypedErrors) {
+  expectCliOutcomes("tcp://127.0.0.1:0");
+}
+
+TEST_P(ToolsProcessTest, CliCallsTheServerOverMsgpackTcp) {
+  expectCliOutcomes("msgpack+tcp://127.0.0.1:0");
 }
 
 TEST_P(ToolsProcessTest, SigtermDrainsCallsInFlight) {
