@@ -51,6 +51,15 @@ const std::string& Status::message() const { return rep_ ? rep_->message : empty
 const std::string& Status::remoteType() const { return rep_ ? rep_->remoteType : emptyString(); }
 const std::string& Status::details() const { return rep_ ? rep_->details : emptyString(); }
 
+Status Status::asRefused() const {
+  if (!rep_) return *this;
+  Status s;
+  Rep rep = *rep_;
+  rep.refused = true;
+  s.rep_ = std::make_shared<const Rep>(std::move(rep));
+  return s;
+}
+
 Status Status::withException(std::exception_ptr e) const {
   if (!rep_) return *this;
   Status s;

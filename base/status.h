@@ -60,6 +60,10 @@ class [[nodiscard]] Status {
   // For kRemoteError: the remote exception's type name; empty otherwise.
   const std::string& remoteType() const;
   const std::string& details() const;
+  // A refusal: the server did not run the call (it was draining, or at its limits), so the
+  // request had no effect and may go to another server. Travels on the wire ("refused").
+  bool refused() const { return rep_ && rep_->refused; }
+  Status asRefused() const;
   // The rebuilt remote exception, if the client registered its type; null otherwise.
   std::exception_ptr exception() const { return rep_ ? rep_->exception : nullptr; }
   Status withException(std::exception_ptr e) const;
@@ -84,6 +88,7 @@ class [[nodiscard]] Status {
     std::string remoteType;
     std::string details;
     std::exception_ptr exception;
+    bool refused = false;
   };
   std::shared_ptr<const Rep> rep_;  // null when ok
 };

@@ -280,7 +280,8 @@ bool NetworkCore::isWantedLocked(int s) const {
 }
 
 bool NetworkCore::isUsableLocked(int s) const {
-  return servers_[s].listed && servers_[s].state == ConnectionState::kConnected;
+  return servers_[s].listed && !servers_[s].draining &&
+         servers_[s].state == ConnectionState::kConnected;
 }
 
 int NetworkCore::serverOf(uint64_t connection) const {
@@ -317,6 +318,7 @@ void NetworkCore::startConnectionLocked(int s, StartReason reason, Effects& fx) 
   const uint64_t connection = nextConnection_++;
   server.connection = connection;
   server.state = ConnectionState::kConnecting;
+  server.draining = false;
   server.retired.clear();
   server.retiredOrder.clear();
   connectAttempts_.fetch_add(1, std::memory_order_relaxed);
@@ -440,19 +442,7 @@ void NetworkCore::connectionDownLocked(int s, const std::string& why, bool dismi
                fx);
   }
   std::sort(replay.begin(), replay.end());
-  for (auto it = replay.rbegin(); it != replay.rend(); ++it) {
-    auto node = pending_.extract(it->second);
-    Pending& call = node.mapped();
-    call.server = -1;
-    call.connection = 0;
-    const uint32_t fresh = allocateIdLocked();
-    node.key() = fresh;
-    deadlines_.erase(call.expiry);  // waiting, it has no call monitor running: its deadline
-    call.expiry = deadlines_.emplace(expiryOf(call), fresh);
-    pending_.insert(std::move(node));
-    waiting_.push_front(fresh);
-  }
-  replayed_.fetch_add(replay.size(), std::memory_order_relaxed);
+  for (auto it = replay.rbegin(); it != replay.rend(); ++it) resendLocked(it->second);
 
   // The channel is destroyed on the timer thread (this may be its own transport thread), or by
   // stop() if that comes first.
@@ -479,6 +469,22 @@ void NetworkCore::connectionDownLocked(int s, const std::string& why, bool dismi
   }
   chooseMainLocked();
   if (main_ >= 0) dispatchWaitingLocked(fx);
+}
+
+// Puts call `id` first in line for the next server that can take it, under a fresh id (a late
+// reply to an earlier send can then never be taken for its answer). Counted as a replay.
+void NetworkCore::resendLocked(uint32_t id) {
+  auto node = pending_.extract(id);
+  Pending& call = node.mapped();
+  call.server = -1;
+  call.connection = 0;
+  const uint32_t fresh = allocateIdLocked();
+  node.key() = fresh;
+  deadlines_.erase(call.expiry);  // waiting, it has no call monitor running: its deadline
+  call.expiry = deadlines_.emplace(expiryOf(call), fresh);
+  pending_.insert(std::move(node));
+  waiting_.push_front(fresh);
+  replayed_.fetch_add(1, std::memory_order_relaxed);
 }
 
 // Destroys a closed connection's channel (bounded by the transport's linger), then backs off.
@@ -633,10 +639,27 @@ void NetworkCore::leaveLocked(int s, Effects& fx) {
   }
 }
 
+// `s` said it is draining: it takes no new call (a main server is replaced, as when left out)
+// and its connection closes once its calls are answered.
+void NetworkCore::drainLocked(int s, Effects& fx) {
+  Server& server = servers_[s];
+  if (server.draining) return;
+  server.draining = true;
+  if (s == main_) {
+    main_ = -1;
+    emitLocked(NetworkEvent::Kind::kMainChanged, {}, "main server " + server.url + " is draining");
+    chooseMainLocked();
+    if (main_ >= 0) dispatchWaitingLocked(fx);
+  }
+  closeIfDrainedLocked(s, fx);
+}
+
 void NetworkCore::closeIfDrainedLocked(int s, Effects& fx) {
   const Server& server = servers_[s];
-  if (!server.listed && server.state == ConnectionState::kConnected && server.inFlight == 0) {
-    connectionDownLocked(s, "removed from the server list", false, fx);
+  if ((!server.listed || server.draining) && server.state == ConnectionState::kConnected &&
+      server.inFlight == 0) {
+    connectionDownLocked(
+        s, server.listed ? "the server is draining" : "removed from the server list", false, fx);
   }
 }
 
@@ -687,7 +710,6 @@ void NetworkCore::sendLocked(uint32_t id, Pending& call, int s, Effects& fx) {
   request.ext.budgetMs = budget > 0 ? static_cast<uint64_t>(budget) : 0;
   std::string bytes;
   encodeMessage(request, bytes);
-  if (!call.idempotent) call.request.reset();  // never sent again
   calls_.fetch_add(1, std::memory_order_relaxed);
   if (call.monitor) {  // liveness starts now
     deadlines_.erase(call.expiry);
@@ -865,6 +887,15 @@ void NetworkCore::onReply(uint64_t connection, std::string bytes) {
       auto call = pending_.find(id);
       if (ping != pings_.end() && ping->second == s) {
         onPingAnswerLocked(s, server.state == ConnectionState::kConnecting, *response, fx);
+      } else if (call != pending_.end() && call->second.connection == connection &&
+                 !direct_ && response->error.code() == StatusCode::kShuttingDown &&
+                 response->error.refused()) {
+        // The server is draining and did not run the call: another one may.
+        if (server.inFlight > 0) --server.inFlight;
+        resendLocked(id);
+        drainLocked(s, fx);
+        chooseMainLocked();
+        if (main_ >= 0) dispatchWaitingLocked(fx);
       } else if (call != pending_.end() && call->second.connection == connection) {
         Pending& answered = call->second;
         if (server.inFlight > 0) --server.inFlight;
@@ -898,8 +929,13 @@ void NetworkCore::onPingAnswerLocked(int s, bool handshake, const ResponseMessag
                         answer.result.asString() == "draining";
   // A server too busy to answer a ping still answered it.
   const bool busy = !handshake && answer.error.code() == StatusCode::kOverloaded;
-  if (draining) {
+  if (draining && handshake) {
     connectionDownLocked(s, "the server is draining", false, fx);
+    return;
+  }
+  if (draining) {  // it still answers the calls it has: they are not lost
+    schedulePingLocked(s);
+    drainLocked(s, fx);
     return;
   }
   if (!serving && !busy) {

@@ -214,9 +214,10 @@ class RequestTask final : public Task {
     if (!ctx.deferred()) reply_->send(std::move(outcome));
   }
 
+  // The executor did not run it (Overloaded, ShuttingDown): the caller may send it elsewhere.
   void reject(Status why) noexcept override {
     if (why.code() == StatusCode::kOverloaded) reply_->core_.rejected_.fetch_add(1);
-    reply_->send(std::move(why));
+    reply_->send(why.asRefused());
   }
 
  private:

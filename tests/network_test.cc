@@ -590,6 +590,54 @@ TEST_F(NetworkTest, AServerThatStartsDrainingIsLeftAtItsNextPing) {
   EXPECT_EQ(network_->status().main, B);
 }
 
+TEST_F(NetworkTest, ACallRefusedByADrainingServerGoesToAnotherEvenIfNotIdempotent) {
+  start(optionsFor({A, B}));
+  servers_.answerHealth(A);
+  servers_.answerHealth(B);
+  const size_t c = call("c");  // not idempotent: only a refusal lets it go elsewhere
+  const RequestMessage first = servers_.calls(A).at(0);
+  servers_.reply(A, ResponseMessage{first.msgid,
+                                    Status(StatusCode::kShuttingDown, "draining").asRefused(),
+                                    Value()});
+  EXPECT_FALSE(outcomes_[c].has_value());
+  EXPECT_EQ(network_->status().main, B) << "the draining server is replaced";
+  ASSERT_EQ(methodsSentTo(B), std::vector<std::string>{"c"});
+  EXPECT_NE(servers_.calls(B).at(0).msgid, first.msgid) << "under a fresh id";
+  answer(B, servers_.calls(B).at(0));
+  ASSERT_TRUE(outcomes_[c].has_value());
+  EXPECT_EQ(outcomes_[c]->value(), Value("c"));
+  EXPECT_EQ(network_->stats().replayed, 1u);
+  timers_.runDue();
+  EXPECT_EQ(servers_.liveChannels(), 1) << "A owed nothing more: closed";
+  // A handler's own ShuttingDown (not a refusal) is the call's outcome.
+  const size_t own = call("own");
+  servers_.reply(B, ResponseMessage{servers_.calls(B).at(1).msgid,
+                                    Status(StatusCode::kShuttingDown, "downstream"), Value()});
+  ASSERT_TRUE(outcomes_[own].has_value());
+  EXPECT_CODE(outcomes_[own]->status(), StatusCode::kShuttingDown);
+}
+
+TEST_F(NetworkTest, AServerAnsweringDrainingToAPingAnswersItsCallsBeforeItIsClosed) {
+  start(optionsFor({A, B}));
+  servers_.answerHealth(A);
+  servers_.answerHealth(B);
+  const size_t inFlight = call("in flight");  // to A, the main server
+  timers_.advance(2s);
+  servers_.answerHealth(A, "draining");
+  EXPECT_EQ(network_->status().main, B);
+  const size_t next = call("next");
+  EXPECT_EQ(methodsSentTo(B), std::vector<std::string>{"next"}) << "A takes no new call";
+  timers_.runDue();
+  EXPECT_EQ(servers_.liveChannels(), 2) << "A still owes an answer";
+  answer(A, servers_.calls(A).at(0));
+  ASSERT_TRUE(outcomes_[inFlight].has_value());
+  EXPECT_EQ(outcomes_[inFlight]->value(), Value("in flight")) << "answered, not PeerLost";
+  timers_.runDue();
+  EXPECT_EQ(servers_.liveChannels(), 1);
+  EXPECT_FALSE(outcomes_[next].has_value());
+  EXPECT_EQ(network_->stats().peerLost, 0u);
+}
+
 TEST_F(NetworkTest, LeastInFlightSendsToTheLeastBusyServer) {
   Network::Options options = optionsFor({A, B});
   options.policy = SelectionPolicy::kLeastInFlight;

@@ -220,6 +220,45 @@ TEST_F(RegistryProcessTest, AServerStoppedCleanlyUnregistersBeforeItsTtl) {
   EXPECT_TRUE(byServer->empty());
 }
 
+TEST_F(RegistryProcessTest, AServerStoppedCleanlyUnderLoadLosesNoCallEvenNonIdempotentOnes) {
+  startServer("s1");
+  startServer("s2");
+  startClient();
+  ASSERT_TRUE(waitForConnected(2));
+  RpcClient::Options options;
+  options.timeout = 10s;
+  options.idempotent = false;  // never replayed after a loss: only refusals go elsewhere
+  options.log = log_.sink();
+  RpcClient once = RpcClient::create(followed_->network(), Target{.topic = kTopic}, options).value();
+  constexpr int kCalls = 300, kWindow = 32, kStopAfter = 100;
+  std::mutex mutex;
+  std::condition_variable changed;
+  int finished = 0, inFlight = 0;  // guarded by mutex
+  std::map<std::string, int> failures;  // by code, guarded by mutex
+  bool stopped = false;
+  for (int i = 0; i < kCalls; ++i) {
+    std::unique_lock<std::mutex> lock(mutex);
+    ASSERT_TRUE(changed.wait_for(lock, kWait, [&] { return inFlight < kWindow; }));
+    if (finished >= kStopAfter && !stopped) {
+      servers_["s1"]->kill(SIGTERM);  // it unregisters, then drains while calls keep coming
+      stopped = true;
+    }
+    ++inFlight;
+    lock.unlock();
+    once.callAsync("sleep", Array{Value(5)}, [&](Result<Value> outcome) {
+      std::lock_guard<std::mutex> guard(mutex);
+      if (!outcome) ++failures[std::string(statusCodeName(outcome.status().code()))];
+      ++finished;
+      --inFlight;
+      changed.notify_all();
+    });
+  }
+  std::unique_lock<std::mutex> lock(mutex);
+  ASSERT_TRUE(changed.wait_for(lock, kWait, [&] { return finished == kCalls; }));
+  for (const auto& [code, count] : failures) ADD_FAILURE() << count << " calls failed " << code;
+  EXPECT_EQ(servers_["s1"]->process().waitExit(deadlineAfter(kWait)), 0) << "a clean stop";
+}
+
 TEST_F(RegistryProcessTest, AFanoutCastReachesEveryLiveServer) {
   testing::TempDir dir;
   for (const std::string name : {"s1", "s2", "s3"}) {

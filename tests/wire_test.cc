@@ -169,6 +169,25 @@ TEST(WireRoundTripTest, ErrorObjectOmitsEmptyTypeAndDetails) {
   EXPECT_EQ(envelope.asArray()[3], Value()) << "an error response carries a nil result";
 }
 
+TEST(WireRoundTripTest, ARefusalSaysSoAndOnlyATrueFlagCounts) {
+  const Status refused = Status(StatusCode::kShuttingDown, "draining").asRefused();
+  const std::string wire = encodeMessage(ResponseMessage{3, refused, Value()});
+  EXPECT_EQ(decodeValue(wire, {}).value().asArray()[2].toJson(),
+            R"({"code":"ShuttingDown","message":"draining","refused":true})");
+  const Status back = std::get<ResponseMessage>(decodeOk(wire)).error;
+  EXPECT_EQ(back.code(), StatusCode::kShuttingDown);
+  EXPECT_TRUE(back.refused());
+  EXPECT_FALSE(Status(StatusCode::kShuttingDown, "x").refused());
+  for (const Value& flag : {Value(false), Value(1), Value("true")}) {
+    const std::string foreign = encoded(
+        {Value(1), Value(3),
+         Value(Map{{Value("code"), Value("ShuttingDown")}, {Value("message"), Value("m")},
+                   {Value("refused"), flag}}),
+         Value()});
+    EXPECT_FALSE(std::get<ResponseMessage>(decodeOk(foreign)).error.refused()) << flag.toJson();
+  }
+}
+
 TEST(WireRoundTripTest, Notifications) {
   const NotificationMessage plain{"log", {Value("line")}, {}};
   EXPECT_EQ(roundTrip(plain), WireMessage(plain));

@@ -147,6 +147,7 @@ int main(int argc, char** argv) {
   std::string registryUrl;  // empty: not registered anywhere
   std::string advertise;    // empty: the endpoint bound
   int registryTtlMs = 6000;
+  int unregisterGraceMs = 500;
   app.add_option("--notification-broker", brokerUrl,
                  "also run a notification broker on this ZeroMQ URL (switchboard-call notify/listen)");
   app.add_option("--listen", listen,
@@ -200,6 +201,12 @@ int main(int argc, char** argv) {
                  "how long the registration outlives this server if it dies (refreshed every "
                  "third of it)")
       ->check(CLI::Range(30, 3600 * 1000))
+      ->capture_default_str();
+  app.add_option("--unregister-grace-ms", unregisterGraceMs,
+                 "after unregistering at SIGINT/SIGTERM, keep serving this long before the drain, "
+                 "so that clients following the registry stop sending first (a second signal "
+                 "cuts it short)")
+      ->check(CLI::Range(0, 60 * 1000))
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
@@ -328,6 +335,10 @@ int main(int argc, char** argv) {
       if (Status removed = registration->close(); !removed) {
         logger->warn("could not unregister (the entry expires by its TTL): {}", removed.toString());
       }
+      // Calls keep coming until the clients' watches drop this server: serve them normally, so
+      // that none arrives at a socket that is closing.
+      const timespec grace{unregisterGraceMs / 1000, (unregisterGraceMs % 1000) * 1000000L};
+      (void)sigtimedwait(&signals, nullptr, &grace);
     }
     server.stop();
   });

@@ -88,6 +88,7 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
     size_t inFlight = 0;
     uint32_t failures = 0;
     bool listed = true;  // false once setServers() left it out: neither wanted nor usable
+    bool draining = false;  // it said so (ping, refusal): no new call; closes once drained
     std::unordered_set<uint32_t> retired{};  // ids of expired calls sent on this connection
     std::deque<uint32_t> retiredOrder{};
   };
@@ -95,7 +96,7 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
   struct Pending {
     RawOutcome done;
     Address to;
-    std::optional<RequestMessage> request;  // kept while it may be sent again
+    std::optional<RequestMessage> request;  // kept until answered: it may be sent again
     Deadline deadline;
     std::optional<Duration> monitor;
     bool idempotent = false;
@@ -139,8 +140,10 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
   Deadline expiryOf(const Pending& call) const;
   Duration backoffLocked(const Server& server);
   bool isWantedLocked(int s) const;
-  bool isUsableLocked(int s) const;  // listed and connected: may take calls
+  bool isUsableLocked(int s) const;  // listed, connected, not draining: may take calls
   void leaveLocked(int s, Effects& fx);
+  void drainLocked(int s, Effects& fx);
+  void resendLocked(uint32_t id);
   void closeIfDrainedLocked(int s, Effects& fx);
   int serverOf(uint64_t connection) const;
 

@@ -45,7 +45,7 @@ void encodeExtension(const Extension& ext, std::string& out) {
 void encodeError(const Status& error, std::string& out) {
   const bool hasType = !error.remoteType().empty();
   const bool hasDetails = !error.details().empty();
-  encodeMapHeader(2 + (hasType ? 1 : 0) + (hasDetails ? 1 : 0), out);
+  encodeMapHeader(2 + (hasType ? 1 : 0) + (hasDetails ? 1 : 0) + (error.refused() ? 1 : 0), out);
   encodeString("code", out);
   encodeString(statusCodeName(error.code()), out);
   encodeString("message", out);
@@ -57,6 +57,10 @@ void encodeError(const Status& error, std::string& out) {
   if (hasDetails) {
     encodeString("details", out);
     encodeString(error.details(), out);
+  }
+  if (error.refused()) {
+    encodeString("refused", out);
+    encodeValue(Value(true), out);
   }
 }
 
@@ -230,7 +234,11 @@ Status decodeError(const Value& v) {
   const auto text = [](const Value* field) { return field ? field->asString() : std::string(); };
   const std::string& name = code->asString();
   const StatusCode statusCode = statusCodeFromName(name);
-  if (statusCode != StatusCode::kRemoteError) return Status(statusCode, text(message));
+  if (statusCode != StatusCode::kRemoteError) {
+    const Value* refused = v.find("refused");
+    Status status(statusCode, text(message));
+    return refused && refused->isBool() && refused->asBool() ? status.asRefused() : status;
+  }
   if (name == statusCodeName(StatusCode::kRemoteError)) {
     return Status::remote(text(type), text(message), text(details));
   }
