@@ -785,10 +785,11 @@ void NetworkCore::failLocked(uint32_t id, Status why, Effects& fx) {
   auto it = pending_.find(id);
   if (it == pending_.end()) return;
   Pending& call = it->second;
+  int owedBy = -1;  // the server the call was waiting on
   if (call.server >= 0 && servers_[call.server].connection == call.connection &&
       servers_[call.server].inFlight > 0) {
     --servers_[call.server].inFlight;
-    closeIfDrainedLocked(call.server, fx);
+    owedBy = call.server;
   }
   if (why.code() == StatusCode::kPeerLost) peerLost_.fetch_add(1, std::memory_order_relaxed);
   if (why.code() == StatusCode::kTimeout) timeouts_.fetch_add(1, std::memory_order_relaxed);
@@ -796,6 +797,8 @@ void NetworkCore::failLocked(uint32_t id, Status why, Effects& fx) {
   deadlines_.erase(call.expiry);
   fx.outcomes.emplace_back(std::move(call.done), std::move(why));
   pending_.erase(it);
+  // Last: closing the connection fails what else it owed, through here again.
+  if (owedBy >= 0 && !stopped_) closeIfDrainedLocked(owedBy, fx);
 }
 
 void NetworkCore::recordOutcomeLocked(const Pending& call, StatusCode code) {

@@ -638,6 +638,25 @@ TEST_F(NetworkTest, AServerAnsweringDrainingToAPingAnswersItsCallsBeforeItIsClos
   EXPECT_EQ(network_->stats().peerLost, 0u);
 }
 
+// Found by the network_replies fuzzer (its corpus keeps the input): failing a call owed by a
+// draining server closed the connection, which failed the same call again, freed, while the
+// first failure still used it.
+TEST_F(NetworkTest, StopWithCallsOwedByADrainingServerFailsEachOnce) {
+  start(optionsFor({A, B}));
+  servers_.answerHealth(A);
+  servers_.answerHealth(B);
+  const size_t first = call("first");
+  const size_t second = call("second");
+  timers_.advance(2s);
+  servers_.answerHealth(A, "draining");  // A owes both
+  network_->stop();
+  for (size_t c : {first, second}) {
+    ASSERT_TRUE(outcomes_[c].has_value());
+    EXPECT_CODE(outcomes_[c]->status(), StatusCode::kShuttingDown);
+  }
+  EXPECT_EQ(network_->stats().outcomes.at("ShuttingDown"), 2u);
+}
+
 TEST_F(NetworkTest, LeastInFlightSendsToTheLeastBusyServer) {
   Network::Options options = optionsFor({A, B});
   options.policy = SelectionPolicy::kLeastInFlight;

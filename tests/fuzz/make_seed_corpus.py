@@ -121,6 +121,10 @@ NETWORK = [
     reply("A", 2, None, {"code": "RemoteError", "message": "m", "type": "T"}),
     record(6 | (2 << 4) | 8) + advance(12) + record(7 | 8) + reply("B", 2),
     reply("B", 1, "serving") + record(6 | (1 << 4)) + advance(1) + reply("B", 3),
+    # A refusal (resent elsewhere), a draining ping answer (closed once drained).
+    reply("B", 1, "serving") + reply("A", 2, None,
+                                     {"code": "ShuttingDown", "message": "m", "refused": True}),
+    reply("B", 1, "serving") + advance(21) + reply("A", 5, "draining") + reply("A", 3),
 ]
 
 # Dispatch: byte 0 the method (index in dispatch.cc's kMethods), byte 1 namespace + 3 * version
