@@ -2,6 +2,7 @@
 // test), each backend's own cases (a manual clock for in-memory; outages for Redis), and the
 // static registry with its file format.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <condition_variable>
 #include <fstream>
@@ -436,6 +437,30 @@ TEST_F(RedisRegistryTest, UnreachableAtFirstThenRegisteredOnceRedisAnswers) {
   auto watch = client->watch("t", record.callback());
   ASSERT_OK(watch.status());
   EXPECT_TRUE(record.waitForLatest({A}));
+}
+
+// Against the Redis the environment runs (SWITCHBOARD_REDIS_URL: .ci/run starts one on a
+// loopback port with Redis's stock settings), not one the test started: two registries, as a
+// server host and a client host would have, under keys no other run uses.
+TEST(ProvidedRedisTest, RegisterWatchAndUnregisterOnTheEnvironmentsRedis) {
+  const std::string url = testing::envOr("SWITCHBOARD_REDIS_URL", "");
+  if (url.empty()) GTEST_SKIP() << "SWITCHBOARD_REDIS_URL is not set (.ci/run sets it)";
+  LogCapture log;
+  RedisRegistry::Options options{.url = url, .refreshInterval = kRefresh, .log = log.sink()};
+  std::unique_ptr<Registry> server = makeRedisRegistry(options);
+  std::unique_ptr<Registry> client = makeRedisRegistry(options);
+  ASSERT_TRUE(server && client);
+  const std::string topic = "provided-" + std::to_string(::getpid());
+  WatchRecord record;
+  auto watch = client->watch(topic, record.callback());
+  ASSERT_OK(watch.status());
+  auto registration = server->registerServer({.topic = topic, .server = "s1", .url = A}, 2s);
+  ASSERT_OK(registration.status());
+  ASSERT_TRUE(record.waitForLatest({A}));
+  EXPECT_EQ(client->lookup(topic + ".s1").value(), Urls{A});
+  ASSERT_OK((*registration)->close());
+  ASSERT_TRUE(record.waitForLatest({}));
+  EXPECT_EQ(client->stats().failures, 0u) << log.dump();
 }
 
 TEST(RedisRegistryOptionsTest, BadUrlsAndTimeoutsAreTypedErrors) {
