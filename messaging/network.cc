@@ -628,10 +628,7 @@ void NetworkCore::leaveLocked(int s, Effects& fx) {
   Server& server = servers_[s];
   server.listed = false;
   emitLocked(NetworkEvent::Kind::kRemoved, server.url, {});
-  if (s == main_) {
-    main_ = -1;
-    emitLocked(NetworkEvent::Kind::kMainChanged, {}, "main server " + server.url + " was removed");
-  }
+  replaceMainLocked(s, "main server " + server.url + " was removed", fx);
   if (server.state == ConnectionState::kConnecting) {
     connectionDownLocked(s, "removed from the server list", false, fx);
   } else {
@@ -645,13 +642,17 @@ void NetworkCore::drainLocked(int s, Effects& fx) {
   Server& server = servers_[s];
   if (server.draining) return;
   server.draining = true;
-  if (s == main_) {
-    main_ = -1;
-    emitLocked(NetworkEvent::Kind::kMainChanged, {}, "main server " + server.url + " is draining");
-    chooseMainLocked();
-    if (main_ >= 0) dispatchWaitingLocked(fx);
-  }
+  replaceMainLocked(s, "main server " + server.url + " is draining", fx);
   closeIfDrainedLocked(s, fx);
+}
+
+// `s` takes no new call: if it was the main server another is chosen, not counted as a failover.
+void NetworkCore::replaceMainLocked(int s, const std::string& why, Effects& fx) {
+  if (s != main_) return;
+  main_ = -1;
+  emitLocked(NetworkEvent::Kind::kMainChanged, {}, why);
+  chooseMainLocked();
+  if (main_ >= 0) dispatchWaitingLocked(fx);
 }
 
 void NetworkCore::closeIfDrainedLocked(int s, Effects& fx) {

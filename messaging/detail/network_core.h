@@ -143,6 +143,7 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
   bool isUsableLocked(int s) const;  // listed, connected, not draining: may take calls
   void leaveLocked(int s, Effects& fx);
   void drainLocked(int s, Effects& fx);
+  void replaceMainLocked(int s, const std::string& why, Effects& fx);
   void resendLocked(uint32_t id);
   void closeIfDrainedLocked(int s, Effects& fx);
   int serverOf(uint64_t connection) const;
