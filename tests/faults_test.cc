@@ -644,8 +644,9 @@ TEST_F(SlowConsumerTest, SlowConsumerBehindADelayingRelayNeverBlocksTheClient) {
   ASSERT_TRUE(log.waitAll(1s + 5s)) << log.summary();
   expectOwnPayloadOrTimeout(log, kCalls, kBytes);
   EXPECT_GE(log.count(StatusCode::kTimeout), 1u) << "the consumer was not slow: " << log.summary();
-  // The calls that never left are dropped at their deadline, counted and logged.
-  ASSERT_TRUE(zmqLog_.waitFor(LogLevel::kWarning, "not sent before its deadline", 10s))
+  // The calls that never left are dropped, counted and logged when the channel's queue reaches
+  // them: behind the relay's pace, which a loaded machine slows further (10 s was once short).
+  ASSERT_TRUE(zmqLog_.waitFor(LogLevel::kWarning, "not sent before its deadline", 30s))
       << zmqLog_.dump();
   const Duration elapsed = Clock::now() - started;
   const Duration cpu = processCpuTime() - cpuBefore;
