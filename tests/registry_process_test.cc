@@ -126,8 +126,7 @@ class RegistryProcessTest : public ::testing::Test {
     ASSERT_OK(made.status());
     followed_.emplace(std::move(made).value());
     subscription_ = followed_->network().subscribe([this](const NetworkEvent&) {
-      std::lock_guard<std::mutex> lock(eventMutex_);
-      ++networkEvents_;
+      std::lock_guard<std::mutex> lock(eventMutex_);  // a waiter checks between its waits
       networkChanged_.notify_all();
     });
     RpcClient::Options clientOptions;
@@ -173,8 +172,7 @@ class RegistryProcessTest : public ::testing::Test {
   Network::Subscription subscription_;
   std::optional<RpcClient> client_;
   std::mutex eventMutex_;
-  std::condition_variable networkChanged_;
-  uint64_t networkEvents_ = 0;  // guarded by eventMutex_
+  std::condition_variable networkChanged_;  // woken by every network event
 };
 
 TEST_F(RegistryProcessTest, RegisteredServersAreFoundAndOneJoiningWhileTheClientRunsIsCalled) {
@@ -231,31 +229,37 @@ TEST_F(RegistryProcessTest, AServerStoppedCleanlyUnderLoadLosesNoCallEvenNonIdem
   options.log = log_.sink();
   RpcClient once = RpcClient::create(followed_->network(), Target{.topic = kTopic}, options).value();
   constexpr int kCalls = 300, kWindow = 32, kStopAfter = 100;
-  std::mutex mutex;
-  std::condition_variable changed;
-  int finished = 0, inFlight = 0;  // guarded by mutex
-  std::map<std::string, int> failures;  // by code, guarded by mutex
+  // Shared with the callbacks, which may outlive this test body if an assertion ends it early.
+  struct Tally {
+    std::mutex mutex;
+    std::condition_variable changed;
+    int finished = 0, inFlight = 0;       // guarded by mutex
+    std::map<std::string, int> failures;  // by code, guarded by mutex
+  };
+  auto tally = std::make_shared<Tally>();
   bool stopped = false;
   for (int i = 0; i < kCalls; ++i) {
-    std::unique_lock<std::mutex> lock(mutex);
-    ASSERT_TRUE(changed.wait_for(lock, kWait, [&] { return inFlight < kWindow; }));
-    if (finished >= kStopAfter && !stopped) {
+    std::unique_lock<std::mutex> lock(tally->mutex);
+    ASSERT_TRUE(tally->changed.wait_for(lock, kWait, [&] { return tally->inFlight < kWindow; }));
+    if (tally->finished >= kStopAfter && !stopped) {
       servers_["s1"]->kill(SIGTERM);  // it unregisters, then drains while calls keep coming
       stopped = true;
     }
-    ++inFlight;
+    ++tally->inFlight;
     lock.unlock();
-    once.callAsync("sleep", Array{Value(5)}, [&](Result<Value> outcome) {
-      std::lock_guard<std::mutex> guard(mutex);
-      if (!outcome) ++failures[std::string(statusCodeName(outcome.status().code()))];
-      ++finished;
-      --inFlight;
-      changed.notify_all();
+    once.callAsync("sleep", Array{Value(5)}, [tally](Result<Value> outcome) {
+      std::lock_guard<std::mutex> guard(tally->mutex);
+      if (!outcome) ++tally->failures[std::string(statusCodeName(outcome.status().code()))];
+      ++tally->finished;
+      --tally->inFlight;
+      tally->changed.notify_all();
     });
   }
-  std::unique_lock<std::mutex> lock(mutex);
-  ASSERT_TRUE(changed.wait_for(lock, kWait, [&] { return finished == kCalls; }));
-  for (const auto& [code, count] : failures) ADD_FAILURE() << count << " calls failed " << code;
+  std::unique_lock<std::mutex> lock(tally->mutex);
+  ASSERT_TRUE(tally->changed.wait_for(lock, kWait, [&] { return tally->finished == kCalls; }));
+  for (const auto& [code, count] : tally->failures) {
+    ADD_FAILURE() << count << " calls failed " << code;
+  }
   EXPECT_EQ(servers_["s1"]->process().waitExit(deadlineAfter(kWait)), 0) << "a clean stop";
 }
 
