@@ -205,15 +205,21 @@ Result<Value> decodeValue(std::string_view bytes, const DecodeLimits& limits) {
   const msgpack::unpack_limit unpackLimit(maxArray, maxMap, limits.maxString, limits.maxBinary,
                                           limits.maxExt, maxDepth);
   size_t offset = 0;
+  // The unpacked objects live in a zone of this thread, kept between messages (a fresh zone
+  // would allocate a chunk per message) and cleared, down to its first chunk, after each.
+  thread_local msgpack::zone zone;
+  struct ClearZone {
+    ~ClearZone() { zone.clear(); }
+  } clearZone;
   try {
-    const msgpack::object_handle handle =
-        msgpack::unpack(bytes.data(), bytes.size(), offset, referenceAll, nullptr, unpackLimit);
+    const msgpack::object object = msgpack::unpack(zone, bytes.data(), bytes.size(), offset,
+                                                   referenceAll, nullptr, unpackLimit);
     if (offset != bytes.size()) {
       return protocolError(std::to_string(bytes.size() - offset) +
                            " trailing bytes after the MessagePack object");
     }
     Value value;
-    if (Status s = toValue(handle.get(), value); !s) return s;
+    if (Status s = toValue(object, value); !s) return s;
     return value;
   } catch (const msgpack::insufficient_bytes&) {
     return protocolError("truncated MessagePack data");

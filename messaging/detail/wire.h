@@ -96,8 +96,14 @@ struct CancelMessage {
 using WireMessage = std::variant<RequestMessage, ResponseMessage, NotificationMessage,
                                  HeartbeatMessage, CancelMessage>;
 
-// Appends the MessagePack encoding of `message` to `out`.
+// Appends the MessagePack encoding of `message` to `out`. One overload per kind, so that a
+// message is encoded where it is, without a copy into a WireMessage.
 // Precondition: method names, strings and containers are shorter than 2^32 (see encodeValue).
+void encodeMessage(const RequestMessage& message, std::string& out);
+void encodeMessage(const ResponseMessage& message, std::string& out);
+void encodeMessage(const NotificationMessage& message, std::string& out);
+void encodeMessage(const HeartbeatMessage& message, std::string& out);
+void encodeMessage(const CancelMessage& message, std::string& out);
 void encodeMessage(const WireMessage& message, std::string& out);
 // The MessagePack encoding of `message`.
 std::string encodeMessage(const WireMessage& message);
