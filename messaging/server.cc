@@ -18,6 +18,18 @@ namespace detail {
 
 class CallReply;
 
+// A call in flight: its caller (the transport's peer name) and the caller's msgid.
+struct CallKey {
+  std::string peer;
+  uint32_t msgid = 0;
+  bool operator==(const CallKey&) const = default;
+};
+struct CallKeyHash {
+  size_t operator()(const CallKey& key) const {
+    return std::hash<std::string_view>()(key.peer) ^ (size_t{key.msgid} * 0x9e3779b97f4a7c15ULL);
+  }
+};
+
 // One method's counters: outcomes by status code, and answer latency.
 struct MethodCounters {
   std::array<std::atomic<uint64_t>, kStatusCodeCount> outcomes{};
@@ -95,13 +107,16 @@ class ServerCore final : public TaskSource {
     for (Value& p : params) p = serializer_->deserializeEntity(context, std::move(p));
   }
 
-  // Sends the one answer of a call and forgets it.
+  // Sends the one answer of a call.
   void finishCall(CallReply& call, Result<Value> outcome);
   void dropped(DropReason reason, std::string_view why);
   // Heartbeats for `call` every `every` until it is answered (timers of the executor).
   void scheduleHeartbeat(std::weak_ptr<CallReply> call, Duration every);
   void failedCast(const std::string& method, const Status& why);
-  void unregister(const std::string& key);
+  // Makes a call cancellable by a CancelMessage until unregistered. A later call with the same
+  // key takes the entry over; unregister() then leaves it.
+  void registerCall(const CallKey& key, std::atomic<bool>& cancelled);
+  void unregister(const CallKey& key, const std::atomic<bool>& cancelled);
 
   Transport& transport_;
   const Target target_;
@@ -119,8 +134,9 @@ class ServerCore final : public TaskSource {
   std::vector<IncomingPtr> incoming_;  // poll()'s scratch, receiving thread only
 
   std::mutex callsMutex_;
-  // guarded by callsMutex_: cancel flags of calls in flight, by "peer/msgid"
-  std::unordered_map<std::string, std::shared_ptr<std::atomic<bool>>> calls_;
+  // guarded by callsMutex_: cancel flags of calls in flight (each owned by its CallReply, which
+  // unregisters before it goes)
+  std::unordered_map<CallKey, std::atomic<bool>*, CallKeyHash> calls_;
 
   std::atomic<bool> draining_{false};  // set by stop(), cleared by start()
   std::atomic<uint64_t> received_{0}, replied_{0}, failed_{0}, rejected_{0}, dropped_{0},
@@ -128,21 +144,34 @@ class ServerCore final : public TaskSource {
   std::array<std::atomic<uint64_t>, kDropReasonCount> dropsByReason_{};
 };
 
-// The one answer of one request. The first send() wins; later ones are ignored.
+// The one answer of one request, and its cancel flag, cancellable from construction until
+// answered. The first send() wins; later ones are ignored.
 class CallReply final : public ReplySink {
  public:
-  CallReply(ServerCore& core, IncomingPtr message, uint32_t msgid, std::string key,
-            MethodCounters& counters, Deadline received, WorkGuard work)
+  CallReply(ServerCore& core, IncomingPtr message, uint32_t msgid, MethodCounters& counters,
+            Deadline received, WorkGuard work)
       : core_(core),
         message_(std::move(message)),
         msgid_(msgid),
-        key_(std::move(key)),
+        key_{std::string(message_->peer()), msgid},
         counters_(counters),
         received_(received),
-        work_(std::move(work)) {}
+        work_(std::move(work)) {
+    core_.registerCall(key_, cancelled_);
+  }
+  ~CallReply() override {
+    if (!sent_.load()) core_.unregister(key_, cancelled_);  // a task destroyed without running
+  }
+
+  // The cancel flag, sharing this reply's lifetime.
+  static std::shared_ptr<const std::atomic<bool>> cancellationOf(
+      const std::shared_ptr<CallReply>& reply) {
+    return {reply, &reply->cancelled_};
+  }
 
   void send(Result<Value> outcome) override {
     if (sent_.exchange(true)) return;
+    core_.unregister(key_, cancelled_);
     core_.finishCall(*this, std::move(outcome));
     work_.reset();
   }
@@ -158,25 +187,22 @@ class CallReply final : public ReplySink {
   ServerCore& core_;
   const IncomingPtr message_;
   const uint32_t msgid_;
-  const std::string key_;
+  const CallKey key_;
   MethodCounters& counters_;
   const Deadline received_;  // when the request was taken off the transport
   Context context_;  // for serializeEntity of the result
 
  private:
   std::atomic<bool> sent_{false};
+  std::atomic<bool> cancelled_{false};  // set by a CancelMessage for the call
   WorkGuard work_;  // keeps the executor's epoch open until answered
 };
 
 // Runs one request through the dispatcher.
 class RequestTask final : public Task {
  public:
-  RequestTask(std::shared_ptr<CallReply> reply, RequestMessage request, Deadline deadline,
-              std::shared_ptr<std::atomic<bool>> cancelled)
-      : reply_(std::move(reply)),
-        request_(std::move(request)),
-        deadline_(deadline),
-        cancelled_(std::move(cancelled)) {}
+  RequestTask(std::shared_ptr<CallReply> reply, RequestMessage request, Deadline deadline)
+      : reply_(std::move(reply)), request_(std::move(request)), deadline_(deadline) {}
 
   void run() noexcept override {
     ServerCore& core = reply_->core_;
@@ -208,7 +234,8 @@ class RequestTask final : public Task {
       return;
     }
     CallContext ctx(reply_->context_, request_.method, reply_->message_->peer(), deadline_,
-                    cancelled_, core.executor_.get(), reply_, reply_->message_->identity());
+                    CallReply::cancellationOf(reply_), core.executor_.get(), reply_,
+                    reply_->message_->identity());
     Result<Value> outcome =
         core.dispatcher_.dispatch(ctx, request_.ext.ns, version, request_.method, request_.params);
     if (!ctx.deferred()) reply_->send(std::move(outcome));
@@ -224,7 +251,6 @@ class RequestTask final : public Task {
   std::shared_ptr<CallReply> reply_;
   RequestMessage request_;
   Deadline deadline_;
-  std::shared_ptr<std::atomic<bool>> cancelled_;
 };
 
 // The outcome of a cast: nothing goes back; a failure is logged and counted. Holds the
@@ -324,25 +350,19 @@ Status ServerCore::poll(Deadline deadline, std::vector<TaskPtr>& out) {
     switch (static_cast<MessageKind>(decoded.message().index())) {
       case MessageKind::kRequest: {
         auto& request = std::get<RequestMessage>(decoded.message());
-        std::string key = std::string(message->peer()) + "/" + std::to_string(request.msgid);
-        auto cancelled = std::make_shared<std::atomic<bool>>(false);
-        {
-          std::lock_guard<std::mutex> lock(callsMutex_);
-          calls_.insert_or_assign(key, cancelled);
-        }
         const Deadline callerDeadline =
             request.ext.budgetMs ? now + std::chrono::milliseconds(*request.ext.budgetMs)
                                  : kNoDeadline;
         const uint32_t msgid = request.msgid;
         inFlight_.fetch_add(1, std::memory_order_relaxed);
-        auto reply = std::make_shared<CallReply>(*this, std::move(message), msgid, std::move(key),
+        auto reply = std::make_shared<CallReply>(*this, std::move(message), msgid,
                                                  methods_.of(request.method), now,
                                                  executor_->acquireWork());
         if (request.ext.callMonitorMs) {
           scheduleHeartbeat(reply, std::chrono::milliseconds(*request.ext.callMonitorMs));
         }
-        out.push_back(std::make_unique<RequestTask>(std::move(reply), std::move(request),
-                                                    callerDeadline, std::move(cancelled)));
+        out.push_back(
+            std::make_unique<RequestTask>(std::move(reply), std::move(request), callerDeadline));
         break;
       }
       case MessageKind::kNotification:
@@ -351,9 +371,8 @@ Status ServerCore::poll(Deadline deadline, std::vector<TaskPtr>& out) {
             executor_->acquireWork()));
         break;
       case MessageKind::kCancel: {
-        const std::string key =
-            std::string(message->peer()) + "/" +
-            std::to_string(std::get<CancelMessage>(decoded.message()).msgid);
+        const CallKey key{std::string(message->peer()),
+                          std::get<CancelMessage>(decoded.message()).msgid};
         std::lock_guard<std::mutex> lock(callsMutex_);
         if (auto it = calls_.find(key); it != calls_.end()) {
           it->second->store(true);
@@ -373,7 +392,6 @@ Status ServerCore::poll(Deadline deadline, std::vector<TaskPtr>& out) {
 }
 
 void ServerCore::finishCall(CallReply& call, Result<Value> outcome) {
-  unregister(call.key_);
   ResponseMessage response{call.msgid_, outcome.status(), Value()};
   if (outcome) {
     try {
@@ -404,9 +422,14 @@ void ServerCore::scheduleHeartbeat(std::weak_ptr<CallReply> call, Duration every
   });
 }
 
-void ServerCore::unregister(const std::string& key) {
+void ServerCore::registerCall(const CallKey& key, std::atomic<bool>& cancelled) {
   std::lock_guard<std::mutex> lock(callsMutex_);
-  calls_.erase(key);
+  calls_.insert_or_assign(key, &cancelled);
+}
+
+void ServerCore::unregister(const CallKey& key, const std::atomic<bool>& cancelled) {
+  std::lock_guard<std::mutex> lock(callsMutex_);
+  if (auto it = calls_.find(key); it != calls_.end() && it->second == &cancelled) calls_.erase(it);
 }
 
 void ServerCore::dropped(DropReason reason, std::string_view why) {
