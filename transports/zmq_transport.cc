@@ -20,6 +20,7 @@
 #include <span>
 #include <thread>
 #include <vector>
+#include <boost/container/small_vector.hpp>
 #include <zmq.hpp>
 
 #include "transports/detail/zmq_frames.h"
@@ -246,6 +247,10 @@ class ZapHandler {
   std::thread thread_;  // started by admit(), joined by admit() or stop(); under mutex_
 };
 
+// The frames before a request's body that route its reply back: the peer's identity, then the
+// REQ delimiter when the peer sent one.
+using RoutingFrames = boost::container::small_vector<std::string, 2>;
+
 // A socket shared, under mutex_, by the thread that receives from it and by any thread that
 // sends on it (a ROUTER listener's replies, a broker subscriber's acknowledgements): no hand-off
 // to the receiving thread. The receiving thread sleeps on the socket's ZMQ_FD without the mutex;
@@ -332,7 +337,7 @@ class ZmqListenerCore : public PolledSocket {
   bool isCurve() const { return !zapDomain_.empty(); }
 
   // Sends on the calling thread.
-  Status reply(const std::vector<std::string>& routing, const std::string& body) {
+  Status reply(const RoutingFrames& routing, const std::string& body) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (closed_) {
       shared_->drop(shared_->repliesDropped_, "reply after the listener closed");
@@ -346,7 +351,7 @@ class ZmqListenerCore : public PolledSocket {
     return Status::ok();
   }
 
-  void sendLocked(const std::vector<std::string>& routing, const std::string& body) {
+  void sendLocked(const RoutingFrames& routing, const std::string& body) {
     try {
       for (const std::string& frame : routing) {
         if (!socket_.send(zmq::buffer(frame), zmq::send_flags::sndmore | zmq::send_flags::dontwait)) {
@@ -381,7 +386,7 @@ class ZmqListenerCore : public PolledSocket {
 
 class ZmqIncoming final : public IncomingMessage {
  public:
-  ZmqIncoming(std::shared_ptr<ZmqListenerCore> core, std::vector<std::string> routing,
+  ZmqIncoming(std::shared_ptr<ZmqListenerCore> core, RoutingFrames routing,
               std::string body, std::string identity)
       : core_(std::move(core)),
         routing_(std::move(routing)),
@@ -397,7 +402,7 @@ class ZmqIncoming final : public IncomingMessage {
 
  private:
   std::shared_ptr<ZmqListenerCore> core_;
-  std::vector<std::string> routing_;  // identity, then the REQ delimiter when the peer sent one
+  RoutingFrames routing_;
   std::string body_;
   std::string peer_;
   std::string identity_;  // the CURVE client's key the ZAP handler admitted; empty when plain
@@ -424,40 +429,49 @@ class ZmqListener final : public Listener {
     while (taken < maxBatch) {
       zmq::message_t frame;
       if (!core_->socket_.recv(frame, zmq::recv_flags::dontwait)) break;
-      std::vector<std::string> frames;
-      frames.push_back(frame.to_string());
+      frames_.clear();
+      frames_.push_back(std::move(frame));
       bool tooMany = false;
-      while (frame.more()) {
-        (void)core_->socket_.recv(frame);  // parts of one message arrive together
-        if (frames.size() < shared.options_.maxFrames) {
-          frames.push_back(frame.to_string());
+      for (bool more = frames_.back().more(); more;) {
+        zmq::message_t part;
+        (void)core_->socket_.recv(part);  // parts of one message arrive together
+        more = part.more();
+        if (frames_.size() < shared.options_.maxFrames) {
+          frames_.push_back(std::move(part));
         } else {
           tooMany = true;  // frames past maxFrames are not kept
         }
       }
-      std::vector<std::string_view> views(frames.begin(), frames.end());
-      if (tooMany) views.emplace_back();  // stands for the frames not kept
-      if (!splitRouterFrames(views, shared.options_.maxFrames)) {
+      views_.clear();
+      for (const zmq::message_t& f : frames_) views_.push_back(f.to_string_view());
+      if (tooMany) views_.emplace_back();  // stands for the frames not kept
+      if (!splitRouterFrames(views_, shared.options_.maxFrames)) {
         shared.drop(shared.malformedDropped_, "dropped a message with a bad frame layout");
         continue;
       }
       // Valid: the body is the last frame, the routing frames all those before it.
-      std::string body = std::move(frames.back());
-      frames.pop_back();
-      // `frame` is the body's: libzmq attaches the connection's ZAP user id to what it received.
+      RoutingFrames routing(views_.begin(), views_.end() - 1);
+      // The body's frame: libzmq attaches the connection's ZAP user id to what it received.
       std::string identity;
       if (core_->isCurve()) {
-        if (const char* userId = zmq_msg_gets(frame.handle(), "User-Id")) identity = userId;
+        if (const char* userId = zmq_msg_gets(frames_.back().handle(), "User-Id")) {
+          identity = userId;
+        }
       }
-      out.push_back(std::make_unique<ZmqIncoming>(core_, std::move(frames), std::move(body),
+      out.push_back(std::make_unique<ZmqIncoming>(core_, std::move(routing),
+                                                  std::string(views_.back()),
                                                   std::move(identity)));
       shared.received_.fetch_add(1, std::memory_order_relaxed);
       ++taken;
     }
+    frames_.clear();  // no large message is held until the next one
     return taken;
   }
 
   std::shared_ptr<ZmqListenerCore> core_;
+  // drainLocked()'s scratch, kept between messages; used under core_->mutex_
+  std::vector<zmq::message_t> frames_;
+  std::vector<std::string_view> views_;
 };
 
 // The socket monitor events a channel turns into link events.
