@@ -192,7 +192,9 @@ void NetworkCore::emitLocked(NetworkEvent::Kind kind, const std::string& server,
                {{"event", std::string(networkEventKindName(kind))},
                 {"server", server},
                 {"detail", detail}});
-  if (!slots_.empty()) events_.push_back(NetworkEvent{kind, server, std::move(detail)});
+  if (slots_.empty()) return;
+  events_.push_back(NetworkEvent{kind, server, std::move(detail)});
+  eventsQueued_.store(true, std::memory_order_relaxed);
 }
 
 void releaseSlot(EventSlot& slot) {
@@ -225,7 +227,11 @@ void deliverTo(EventSlot& slot, const NetworkEvent& event) {
 // drop the last handle to the network: it is kept alive until the delivery is over, and then
 // released inside the CallbackScope (see stop()).
 void NetworkCore::deliverEvents() {
+  // Set under mutex_ by the thread that queued an event, before it gets here: a call or a reply
+  // that queued none takes no lock for events.
+  if (!eventsQueued_.load(std::memory_order_relaxed)) return;
   std::unique_lock<std::mutex> lock(mutex_);
+  if (events_.empty()) eventsQueued_.store(false, std::memory_order_relaxed);
   if (delivering_ || events_.empty()) return;
   delivering_ = true;
   lock.unlock();

@@ -84,9 +84,8 @@ void ClientCore::call(const Target& target, std::string_view method, Array param
   OutgoingCall call;
   call.to = target.address();
   call.request.method = std::string(method);
-  for (Value& p : params) {
-    call.request.params.push_back(serializer_->serializeEntity(options.context, std::move(p)));
-  }
+  for (Value& p : params) p = serializer_->serializeEntity(options.context, std::move(p));
+  call.request.params = std::move(params);
   call.request.ext = extensionFor(target, options.context);
   if (options.callMonitorTimeout) {
     const auto interval =
@@ -112,7 +111,8 @@ Status ClientCore::cast(const Target& target, std::string_view method, Array par
                         const Context& context) {
   NotificationMessage cast;
   cast.method = std::string(method);
-  for (Value& p : params) cast.params.push_back(serializer_->serializeEntity(context, std::move(p)));
+  for (Value& p : params) p = serializer_->serializeEntity(context, std::move(p));
+  cast.params = std::move(params);
   cast.ext = extensionFor(target, context);
   return network_->cast(target.address(), cast);
 }

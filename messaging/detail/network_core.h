@@ -5,6 +5,7 @@
 #pragma once
 
 #include <array>
+#include <boost/container/small_vector.hpp>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -109,7 +110,8 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
 
   // What a locked section decided to do once the lock is released.
   struct Effects {
-    std::vector<std::pair<RawOutcome, Result<Value>>> outcomes;
+    // One inline: a reply or a call ends one call without allocating.
+    boost::container::small_vector<std::pair<RawOutcome, Result<Value>>, 1> outcomes;
   };
 
   enum class StartReason { kWanted, kRetryTimer };
@@ -182,6 +184,7 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
   std::vector<std::shared_ptr<EventSlot>> slots_;  // guarded by mutex_
   std::deque<NetworkEvent> events_;                // guarded by mutex_
   bool delivering_ = false;                        // guarded by mutex_
+  std::atomic<bool> eventsQueued_{false};  // written under mutex_: events_ may be non-empty
   std::mt19937_64 random_;                         // guarded by mutex_
 
   std::atomic<uint64_t> calls_{0}, replayed_{0}, failovers_{0}, timeouts_{0}, peerLost_{0},
