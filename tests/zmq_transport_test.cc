@@ -354,5 +354,49 @@ TEST_F(ZmqLinkEventTest, NobodyListeningReportsRefusedAtEveryAttempt) {
   EXPECT_EQ(links_.of(LinkEvent::kDown).count(), 0) << links_.dump();
 }
 
+// Replies from several threads at once, while the listener polls: a reply that finds the socket
+// taken is left for its holder, which must send it before letting go. None may be stranded.
+TEST_F(ZmqLinkEventTest, RepliesFromManyThreadsWhileTheListenerPollsAllArrive) {
+  constexpr int kRequests = 4000;
+  constexpr int kRepliers = 4;
+  const std::string url = listen();
+  std::atomic<int> received{0};
+  std::promise<void> all;
+  std::unique_ptr<ClientChannel> channel = this->channel(url, [&](std::string) {
+    if (received.fetch_add(1) + 1 == kRequests) all.set_value();
+  });
+  for (int i = 0; i < kRequests; ++i) {
+    ASSERT_OK(channel->send(address(""), "request", deadlineAfter(kWait)));
+  }
+  std::vector<IncomingPtr> in;
+  const Deadline giveUp = deadlineAfter(kWait);
+  while (in.size() < kRequests && Clock::now() < giveUp) {
+    ASSERT_OK(listener_->poll(giveUp, kRequests - in.size(), in));
+  }
+  ASSERT_EQ(in.size(), size_t{kRequests});
+  std::latch start(kRepliers + 1);
+  std::atomic<bool> replying{true};
+  std::vector<std::thread> repliers;
+  for (int t = 0; t < kRepliers; ++t) {
+    repliers.emplace_back([&, t] {
+      start.arrive_and_wait();
+      for (size_t i = t; i < in.size(); i += kRepliers) EXPECT_OK(in[i]->reply("reply"));
+    });
+  }
+  std::thread poller([&] {  // takes the socket again and again while the replies go out
+    start.arrive_and_wait();
+    std::vector<IncomingPtr> none;
+    while (replying.load()) EXPECT_OK(listener_->poll(deadlineAfter(1ms), 1, none));
+    EXPECT_TRUE(none.empty());
+  });
+  for (std::thread& t : repliers) t.join();
+  replying.store(false);
+  poller.join();
+  std::future<void> done = all.get_future();
+  ASSERT_TRUE(testing::readyWithin(done, kWait)) << received.load() << " of " << kRequests;
+  EXPECT_EQ(server_->stats().repliesSent, uint64_t{kRequests});
+  EXPECT_EQ(server_->stats().repliesDropped, 0u);
+}
+
 }  // namespace
 }  // namespace switchboard

@@ -271,6 +271,33 @@ class PolledSocket {
     waker_.wake();
   }
 
+  // mutex_, held from construction; release()d on destruction.
+  class Hold {
+   public:
+    explicit Hold(PolledSocket& socket) : socket_(socket), lock_(socket.mutex_) {}
+    ~Hold() { socket_.release(lock_); }
+    Hold(const Hold&) = delete;
+    Hold& operator=(const Hold&) = delete;
+
+   private:
+    PolledSocket& socket_;
+    std::unique_lock<std::mutex> lock_;
+  };
+
+  // Unlocks mutex_ after doing the work other threads left for its holder (leftWorkLocked());
+  // takes it again, when free, for work left meanwhile, so that none is stranded. Every holder
+  // of mutex_ in a class that leaves work lets go through here.
+  void release(std::unique_lock<std::mutex>& lock) noexcept {
+    for (;;) {
+      if (hasLeftWork()) leftWorkLocked();
+      lock.unlock();
+      // Pairs with the fence of a thread that left work and then failed to take mutex_: either
+      // that thread's try_lock saw this unlock, or this load sees its work.
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      if (!hasLeftWork() || !lock.try_lock()) return;
+    }
+  }
+
   // The receiving loop of a Listener::poll(): under mutex_, `takeLocked(wakeAt)` takes what
   // arrived and returns how many (it may bring `wakeAt`, initially `deadline`, forward); with
   // nothing taken and nothing readable it sleeps until a message, interrupt() or wakeAt.
@@ -281,7 +308,7 @@ class PolledSocket {
       int socketFd = -1;
       Deadline wakeAt = deadline;
       try {
-        std::lock_guard<std::mutex> lock(mutex_);
+        Hold hold(*this);
         pollerAsleep_ = false;
         if (closed_) return Status(StatusCode::kShuttingDown, "listener closed");
         if (takeLocked(wakeAt) > 0) return Status::ok();
@@ -313,6 +340,12 @@ class PolledSocket {
   // (or is about to); only then may another user's send hide a readable message from it
   bool pollerAsleep_ = false;
 
+ protected:
+  ~PolledSocket() = default;
+  // Work another thread left for the holder of mutex_ (see release()); none by default.
+  virtual bool hasLeftWork() const { return false; }
+  virtual void leftWorkLocked() noexcept {}
+
  private:
   Waker waker_;
   std::atomic<bool> interrupted_{false};
@@ -320,7 +353,7 @@ class PolledSocket {
 
 // The ROUTER of one listener (a PolledSocket), shared with the messages it took so they can
 // reply on the replying thread.
-class ZmqListenerCore : public PolledSocket {
+class ZmqListenerCore final : public PolledSocket {
  public:
   // `zapDomain`: the domain a CURVE listener registered with the ZAP handler, released on close
   // (empty for a plain listener).
@@ -336,19 +369,72 @@ class ZmqListenerCore : public PolledSocket {
 
   bool isCurve() const { return !zapDomain_.empty(); }
 
-  // Sends on the calling thread.
-  Status reply(const RoutingFrames& routing, const std::string& body) {
-    std::lock_guard<std::mutex> lock(mutex_);
+  // Sends on the calling thread; when another thread holds the socket, leaves the reply for that
+  // thread to send before it lets go (release()): a replying thread never waits for the socket.
+  Status reply(const RoutingFrames& routing, std::string body) {
+    std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
+    if (lock.owns_lock()) {
+      sendOrDropLocked(routing, body);
+      wakePollerLocked();
+    } else {
+      {
+        std::lock_guard<std::mutex> leftLock(leftMutex_);
+        left_.push_back({routing, std::move(body)});
+        hasLeft_.store(true);
+      }
+      std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with release()'s
+      if (!lock.try_lock()) return Status::ok();  // the holder's release() sends it
+    }
+    release(lock);
+    return Status::ok();
+  }
+
+  void close() {
+    {
+      Hold hold(*this);
+      if (closed_) return;
+      closed_ = true;
+      socket_.close();
+    }
+    if (!zapDomain_.empty()) shared_->zap_.release(zapDomain_);
+  }
+
+  std::shared_ptr<ZmqShared> shared_;
+  const std::string zapDomain_;
+
+ private:
+  struct LeftReply {
+    RoutingFrames routing;
+    std::string body;
+  };
+
+  bool hasLeftWork() const override { return hasLeft_.load(); }
+
+  void leftWorkLocked() noexcept override {
+    {
+      std::lock_guard<std::mutex> leftLock(leftMutex_);
+      sending_.swap(left_);
+      hasLeft_.store(false);
+    }
+    for (const LeftReply& reply : sending_) sendOrDropLocked(reply.routing, reply.body);
+    sending_.clear();
+    wakePollerLocked();
+  }
+
+  void sendOrDropLocked(const RoutingFrames& routing, const std::string& body) {
     if (closed_) {
       shared_->drop(shared_->repliesDropped_, "reply after the listener closed");
-      return Status::ok();
+    } else {
+      sendLocked(routing, body);
     }
-    sendLocked(routing, body);
+  }
+
+  void wakePollerLocked() noexcept {
+    if (closed_) return;
     try {
       wakePollerIfReadableLocked();
     } catch (const zmq::error_t&) {
     }
-    return Status::ok();
   }
 
   void sendLocked(const RoutingFrames& routing, const std::string& body) {
@@ -370,18 +456,11 @@ class ZmqListenerCore : public PolledSocket {
     }
   }
 
-  void close() {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (closed_) return;
-      closed_ = true;
-      socket_.close();
-    }
-    if (!zapDomain_.empty()) shared_->zap_.release(zapDomain_);
-  }
 
-  std::shared_ptr<ZmqShared> shared_;
-  const std::string zapDomain_;
+  std::mutex leftMutex_;
+  std::vector<LeftReply> left_;  // guarded by leftMutex_: replies left for the socket's holder
+  std::atomic<bool> hasLeft_{false};  // written under leftMutex_: left_ may be non-empty
+  std::vector<LeftReply> sending_;    // guarded by mutex_: leftWorkLocked()'s batch
 };
 
 class ZmqIncoming final : public IncomingMessage {
@@ -395,7 +474,7 @@ class ZmqIncoming final : public IncomingMessage {
     peer_ = "zmq:" + hexOf(routing_.front());
   }
   const std::string& body() const override { return body_; }
-  Status reply(std::string bytes) override { return core_->reply(routing_, bytes); }
+  Status reply(std::string bytes) override { return core_->reply(routing_, std::move(bytes)); }
   void acknowledge() override {}
   std::string_view peer() const override { return peer_; }
   std::string_view identity() const override { return identity_; }
@@ -750,7 +829,7 @@ class ZmqChannel final : public ClientChannel {
 // A subscriber of the notification broker (zmq_notification_broker.h): a DEALER connected to
 // it (a PolledSocket), received from by the listener's polling thread and sent on (A, R, S) by
 // any thread that settles a message.
-class ZmqSubscriberCore : public PolledSocket {
+class ZmqSubscriberCore final : public PolledSocket {
  public:
   ZmqSubscriberCore(std::shared_ptr<ZmqShared> shared, Subscription subscription)
       : PolledSocket(shared->context_, zmq::socket_type::dealer),
