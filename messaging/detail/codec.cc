@@ -1,9 +1,10 @@
 // The MessagePack codec for Values over msgpack-c: a packer writing straight into std::string,
-// and a bounded unpack whose every failure becomes a kProtocolError Status.
+// and a bounded parse into a Value whose every failure becomes a kProtocolError Status.
 #include "messaging/detail/codec.h"
 
 #include <algorithm>
 #include <bit>
+#include <boost/container/small_vector.hpp>
 #include <msgpack.hpp>
 #include <new>
 #include <utility>
@@ -85,62 +86,133 @@ Status protocolError(std::string message) {
   return Status(StatusCode::kProtocolError, std::move(message));
 }
 
-// Lets str and bin objects point into the caller's bytes instead of being copied into the
-// zone: they are copied once, into the Value, while the bytes are still alive.
-bool referenceAll(msgpack::type::object_type /*type*/, size_t /*size*/, void* /*user_data*/) {
-  return true;
-}
+// Builds a Value straight from msgpack-c's parse events (no msgpack::object tree, no zone),
+// checking `limits` as each header arrives; the first violation stops the parse and is kept in
+// error(). Containers are reserved at their declared size, so a slot pointer into one stays
+// valid while it fills.
+class ValueBuilder {
+ public:
+  ValueBuilder(Value& root, const DecodeLimits& limits, size_t messageBytes)
+      : slot_(&root),
+        limits_(limits),
+        // Each element takes at least one byte (a pair two): a header declaring more than the
+        // message can hold is malformed, rejected before anything of its size is reserved.
+        maxArray_(std::min(limits.maxArray, messageBytes)),
+        maxMap_(std::min(limits.maxMap, messageBytes / 2)),
+        maxDepth_(std::min(limits.maxDepth, kMaxDecodeDepth)) {}
 
-// Converts an unpacked object into `out`; recursion is bounded by the depth limit the unpack
-// enforced. Containers are sized first and filled in place, so no Value is moved around.
-Status toValue(const msgpack::object& object, Value& out) {
-  switch (object.type) {
-    case msgpack::type::NIL:
-      out = nullptr;
-      return Status::ok();
-    case msgpack::type::BOOLEAN:
-      out = object.via.boolean;
-      return Status::ok();
-    case msgpack::type::POSITIVE_INTEGER:
-      out = object.via.u64;
-      return Status::ok();
-    case msgpack::type::NEGATIVE_INTEGER:
-      out = object.via.i64;
-      return Status::ok();
-    case msgpack::type::FLOAT32:
-    case msgpack::type::FLOAT64:
-      out = object.via.f64;
-      return Status::ok();
-    case msgpack::type::STR:
-      out = std::string(object.via.str.ptr, object.via.str.size);
-      return Status::ok();
-    case msgpack::type::BIN:
-      out = Binary{std::string(object.via.bin.ptr, object.via.bin.size)};
-      return Status::ok();
-    case msgpack::type::ARRAY: {
-      out = Array(object.via.array.size);
-      Array& array = out.asArray();
-      for (uint32_t i = 0; i < object.via.array.size; ++i) {
-        if (Status s = toValue(object.via.array.ptr[i], array[i]); !s) return s;
-      }
-      return Status::ok();
+  const Status& error() const { return error_; }
+
+  bool visit_nil() { return set(Value(nullptr)); }
+  bool visit_boolean(bool v) { return set(Value(v)); }
+  bool visit_positive_integer(uint64_t v) { return set(Value(v)); }
+  bool visit_negative_integer(int64_t v) { return set(Value(v)); }
+  bool visit_float32(float v) { return set(Value(static_cast<double>(v))); }
+  bool visit_float64(double v) { return set(Value(v)); }
+  bool visit_str(const char* data, uint32_t size) {
+    if (size > limits_.maxString) {
+      return fail("MessagePack string longer than the limit of " +
+                  std::to_string(limits_.maxString) + " bytes");
     }
-    case msgpack::type::MAP: {
-      out = Map(object.via.map.size);
-      Map& map = out.asMap();
-      for (uint32_t i = 0; i < object.via.map.size; ++i) {
-        if (Status s = toValue(object.via.map.ptr[i].key, map[i].first); !s) return s;
-        if (Status s = toValue(object.via.map.ptr[i].val, map[i].second); !s) return s;
-      }
-      return Status::ok();
-    }
-    case msgpack::type::EXT:
-      return protocolError("MessagePack ext type " + std::to_string(object.via.ext.type()) +
-                           " is not supported");
+    return set(Value(std::string(data, size)));
   }
-  return protocolError("unknown MessagePack object type " +
-                       std::to_string(static_cast<int>(object.type)));
-}
+  bool visit_bin(const char* data, uint32_t size) {
+    if (size > limits_.maxBinary) {
+      return fail("MessagePack binary longer than the limit of " +
+                  std::to_string(limits_.maxBinary) + " bytes");
+    }
+    return set(Value(Binary{std::string(data, size)}));
+  }
+  bool visit_ext(const char* data, uint32_t size) {
+    if (size > limits_.maxExt) {
+      return fail("MessagePack ext longer than the limit of " + std::to_string(limits_.maxExt) +
+                  " bytes");
+    }
+    const int type = size > 0 ? static_cast<int8_t>(data[0]) : 0;
+    return fail("MessagePack ext type " + std::to_string(type) + " is not supported");
+  }
+
+  bool start_array(uint32_t size) {
+    if (size > maxArray_) {
+      return fail("MessagePack array longer than the limit of " + std::to_string(maxArray_) +
+                  " elements (or than the message)");
+    }
+    if (!enter()) return false;
+    *slot_ = Array();
+    slot_->asArray().reserve(size);
+    open_.push_back(slot_);
+    return true;
+  }
+  bool start_array_item() {
+    Array& array = open_.back()->asArray();
+    slot_ = &array.emplace_back();
+    return true;
+  }
+  bool end_array_item() { return true; }
+  bool end_array() {
+    open_.pop_back();
+    return true;
+  }
+
+  bool start_map(uint32_t size) {
+    if (size > maxMap_) {
+      return fail("MessagePack map larger than the limit of " + std::to_string(maxMap_) +
+                  " pairs (or than the message)");
+    }
+    if (!enter()) return false;
+    *slot_ = Map();
+    slot_->asMap().reserve(size);
+    open_.push_back(slot_);
+    return true;
+  }
+  bool start_map_key() {
+    slot_ = &open_.back()->asMap().emplace_back().first;
+    return true;
+  }
+  bool end_map_key() { return true; }
+  bool start_map_value() {
+    slot_ = &open_.back()->asMap().back().second;
+    return true;
+  }
+  bool end_map_value() { return true; }
+  bool end_map() {
+    open_.pop_back();
+    return true;
+  }
+
+  void parse_error(size_t /*parsedOffset*/, size_t /*errorOffset*/) {
+    if (error_.isOk()) error_ = protocolError("malformed MessagePack data");
+  }
+  void insufficient_bytes(size_t /*parsedOffset*/, size_t /*errorOffset*/) {
+    if (error_.isOk()) error_ = protocolError("truncated MessagePack data");
+  }
+
+ private:
+  bool set(Value v) {
+    *slot_ = std::move(v);
+    return true;
+  }
+  // One more level of nesting: a scalar has depth 0, [1] depth 1.
+  bool enter() {
+    if (open_.size() + 1 > maxDepth_) {
+      return fail("MessagePack nesting deeper than the limit of " + std::to_string(maxDepth_));
+    }
+    return true;
+  }
+  bool fail(std::string why) {
+    error_ = protocolError(std::move(why));
+    return false;
+  }
+
+  Value* slot_;                // where the next item goes
+  // the containers being filled, outermost first (inline up to the nesting of an envelope)
+  boost::container::small_vector<Value*, 8> open_;
+  const DecodeLimits& limits_;
+  const size_t maxArray_;
+  const size_t maxMap_;
+  const size_t maxDepth_;
+  Status error_ = Status::ok();
+};
 
 }  // namespace
 
@@ -196,65 +268,24 @@ Result<Value> decodeValue(std::string_view bytes, const DecodeLimits& limits) {
                          " bytes");
   }
   if (bytes.empty()) return protocolError("empty message");
-  // msgpack-c allocates an array's or map's elements as soon as it reads the header. Each
-  // element takes at least one byte (a pair two), so a header declaring more than the message
-  // can hold is malformed: capping the limits by the size rejects it before that allocation.
-  const size_t maxArray = std::min(limits.maxArray, bytes.size());
-  const size_t maxMap = std::min(limits.maxMap, bytes.size() / 2);
-  const size_t maxDepth = std::min(limits.maxDepth, kMaxDecodeDepth);
-  const msgpack::unpack_limit unpackLimit(maxArray, maxMap, limits.maxString, limits.maxBinary,
-                                          limits.maxExt, maxDepth);
+  Value value;
+  ValueBuilder builder(value, limits, bytes.size());
   size_t offset = 0;
-  // The unpacked objects live in a zone of this thread, kept between messages (a fresh zone
-  // would allocate a chunk per message) and cleared, down to its first chunk, after each.
-  thread_local msgpack::zone zone;
-  struct ClearZone {
-    ~ClearZone() { zone.clear(); }
-  } clearZone;
   try {
-    const msgpack::object object = msgpack::unpack(zone, bytes.data(), bytes.size(), offset,
-                                                   referenceAll, nullptr, unpackLimit);
-    if (offset != bytes.size()) {
-      return protocolError(std::to_string(bytes.size() - offset) +
-                           " trailing bytes after the MessagePack object");
+    if (!msgpack::parse(bytes.data(), bytes.size(), offset, builder)) {
+      return builder.error().isOk() ? protocolError("malformed MessagePack data") : builder.error();
     }
-    Value value;
-    if (Status s = toValue(object, value); !s) return s;
-    return value;
-  } catch (const msgpack::insufficient_bytes&) {
-    return protocolError("truncated MessagePack data");
-  } catch (const msgpack::parse_error&) {
-    return protocolError("malformed MessagePack data");
-  } catch (const msgpack::array_size_overflow&) {
-    return protocolError("MessagePack array longer than the limit of " + std::to_string(maxArray) +
-                         " elements (or than the message)");
-  } catch (const msgpack::map_size_overflow&) {
-    return protocolError("MessagePack map larger than the limit of " + std::to_string(maxMap) +
-                         " pairs (or than the message)");
-  } catch (const msgpack::str_size_overflow&) {
-    return protocolError("MessagePack string longer than the limit of " +
-                         std::to_string(limits.maxString) + " bytes");
-  } catch (const msgpack::bin_size_overflow&) {
-    return protocolError("MessagePack binary longer than the limit of " +
-                         std::to_string(limits.maxBinary) + " bytes");
-  } catch (const msgpack::ext_size_overflow&) {
-    return protocolError("MessagePack ext longer than the limit of " +
-                         std::to_string(limits.maxExt) + " bytes");
-  } catch (const msgpack::depth_size_overflow&) {
-    return protocolError("MessagePack nesting deeper than the limit of " +
-                         std::to_string(maxDepth));
-  } catch (const msgpack::size_overflow& e) {
-    return protocolError(std::string("MessagePack size limit exceeded: ") + e.what());
-  } catch (const msgpack::unpack_error& e) {
-    return protocolError(std::string("malformed MessagePack data: ") + e.what());
-  } catch (const msgpack::type_error&) {
-    return protocolError("MessagePack type error while decoding");
   } catch (const std::bad_alloc&) {
     return protocolError("out of memory while decoding a message of " +
                          std::to_string(bytes.size()) + " bytes");
   } catch (const std::exception& e) {
     return protocolError(std::string("MessagePack decoding failed: ") + e.what());
   }
+  if (offset != bytes.size()) {
+    return protocolError(std::to_string(bytes.size() - offset) +
+                         " trailing bytes after the MessagePack object");
+  }
+  return value;
 }
 
 }  // namespace switchboard::detail
