@@ -344,11 +344,11 @@ void NetworkCore::startConnectionLocked(int s, StartReason reason, Effects& fx) 
   }
   Result<std::unique_ptr<ClientChannel>> channel = connector_.open(
       server.url,
-      [weak, connection](std::string bytes) {
+      [weak, connection](std::span<std::string> replies) {
         CallbackScope scope(nullptr);
         if (std::shared_ptr<NetworkCore> self = weak.lock()) {
           scope.enter(self.get());
-          self->onReply(connection, std::move(bytes));
+          self->onReplies(connection, replies);
         }
       },
       std::move(linkCallback));
@@ -860,72 +860,79 @@ void NetworkCore::expireLocked(Effects& fx) {
 
 // ----- what the channels report
 
-void NetworkCore::onReply(uint64_t connection, std::string bytes) {
-  DecodedMessage decoded = decodeMessage(bytes, limits_);
+void NetworkCore::onReplies(uint64_t connection, std::span<std::string> replies) {
+  // Decoded before the lock; then the whole batch under one turn of it.
+  boost::container::small_vector<DecodedMessage, 1> decoded;
+  decoded.reserve(replies.size());
+  for (const std::string& bytes : replies) decoded.push_back(decodeMessage(bytes, limits_));
   Effects fx;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    const int s = serverOf(connection);
-    if (s < 0 || stopped_ || (servers_[s].state != ConnectionState::kConnecting &&
-                              servers_[s].state != ConnectionState::kConnected)) {
-      lateReplies_.fetch_add(1, std::memory_order_relaxed);  // from a connection that ended
-      return;
-    }
-    Server& server = servers_[s];
-    auto violation = [&](const std::string& why) {
-      badReplies_.fetch_add(1, std::memory_order_relaxed);
-      const uint64_t n = badReplies_.load(std::memory_order_relaxed);
-      if (direct_) {
-        if (isLoggedOccurrence(n)) options_.log(LogLevel::kWarning, "client", "ignored a reply: " + why);
-        return;
-      }
-      connectionDownLocked(s, why, true, fx);
-    };
-    if (!decoded) {
-      violation("malformed reply: " + decoded.status().message());
-    } else if (auto* heartbeat = std::get_if<HeartbeatMessage>(&decoded.message())) {
-      heartbeats_.fetch_add(1, std::memory_order_relaxed);
-      auto it = pending_.find(heartbeat->msgid);
-      if (it != pending_.end() && it->second.connection == connection && it->second.monitor) {
-        deadlines_.erase(it->second.expiry);
-        it->second.expiry = deadlines_.emplace(expiryOf(it->second), heartbeat->msgid);
-        armExpiryLocked();
-      }
-    } else if (auto* response = std::get_if<ResponseMessage>(&decoded.message())) {
-      const uint32_t id = response->msgid;
-      auto ping = pings_.find(id);
-      auto call = pending_.find(id);
-      if (ping != pings_.end() && ping->second == s) {
-        onPingAnswerLocked(s, server.state == ConnectionState::kConnecting, *response, fx);
-      } else if (call != pending_.end() && call->second.connection == connection &&
-                 !direct_ && response->error.code() == StatusCode::kShuttingDown &&
-                 response->error.refused()) {
-        // The server is draining and did not run the call: another one may.
-        if (server.inFlight > 0) --server.inFlight;
-        resendLocked(id);
-        drainLocked(s, fx);
-        chooseMainLocked();
-        if (main_ >= 0) dispatchWaitingLocked(fx);
-      } else if (call != pending_.end() && call->second.connection == connection) {
-        Pending& answered = call->second;
-        if (server.inFlight > 0) --server.inFlight;
-        deadlines_.erase(answered.expiry);
-        recordOutcomeLocked(answered, response->error.code());
-        fx.outcomes.emplace_back(std::move(answered.done),
-                                 response->error.isOk() ? Result<Value>(std::move(response->result))
-                                                        : Result<Value>(std::move(response->error)));
-        pending_.erase(call);
-        closeIfDrainedLocked(s, fx);
-      } else if (direct_ || server.retired.count(id) != 0) {
-        lateReplies_.fetch_add(1, std::memory_order_relaxed);
-      } else {
-        violation("reply with the unknown id " + std::to_string(id));
-      }
-    } else {
-      violation("a server sent a message that is not a reply");
-    }
+    for (DecodedMessage& reply : decoded) onReplyLocked(connection, reply, fx);
   }
   finish(fx);
+}
+
+void NetworkCore::onReplyLocked(uint64_t connection, DecodedMessage& decoded, Effects& fx) {
+  const int s = serverOf(connection);
+  if (s < 0 || stopped_ || (servers_[s].state != ConnectionState::kConnecting &&
+                            servers_[s].state != ConnectionState::kConnected)) {
+    lateReplies_.fetch_add(1, std::memory_order_relaxed);  // from a connection that ended
+    return;
+  }
+  Server& server = servers_[s];
+  auto violation = [&](const std::string& why) {
+    badReplies_.fetch_add(1, std::memory_order_relaxed);
+    const uint64_t n = badReplies_.load(std::memory_order_relaxed);
+    if (direct_) {
+      if (isLoggedOccurrence(n)) options_.log(LogLevel::kWarning, "client", "ignored a reply: " + why);
+      return;
+    }
+    connectionDownLocked(s, why, true, fx);
+  };
+  if (!decoded) {
+    violation("malformed reply: " + decoded.status().message());
+  } else if (auto* heartbeat = std::get_if<HeartbeatMessage>(&decoded.message())) {
+    heartbeats_.fetch_add(1, std::memory_order_relaxed);
+    auto it = pending_.find(heartbeat->msgid);
+    if (it != pending_.end() && it->second.connection == connection && it->second.monitor) {
+      deadlines_.erase(it->second.expiry);
+      it->second.expiry = deadlines_.emplace(expiryOf(it->second), heartbeat->msgid);
+      armExpiryLocked();
+    }
+  } else if (auto* response = std::get_if<ResponseMessage>(&decoded.message())) {
+    const uint32_t id = response->msgid;
+    auto ping = pings_.find(id);
+    auto call = pending_.find(id);
+    if (ping != pings_.end() && ping->second == s) {
+      onPingAnswerLocked(s, server.state == ConnectionState::kConnecting, *response, fx);
+    } else if (call != pending_.end() && call->second.connection == connection &&
+               !direct_ && response->error.code() == StatusCode::kShuttingDown &&
+               response->error.refused()) {
+      // The server is draining and did not run the call: another one may.
+      if (server.inFlight > 0) --server.inFlight;
+      resendLocked(id);
+      drainLocked(s, fx);
+      chooseMainLocked();
+      if (main_ >= 0) dispatchWaitingLocked(fx);
+    } else if (call != pending_.end() && call->second.connection == connection) {
+      Pending& answered = call->second;
+      if (server.inFlight > 0) --server.inFlight;
+      deadlines_.erase(answered.expiry);
+      recordOutcomeLocked(answered, response->error.code());
+      fx.outcomes.emplace_back(std::move(answered.done),
+                               response->error.isOk() ? Result<Value>(std::move(response->result))
+                                                      : Result<Value>(std::move(response->error)));
+      pending_.erase(call);
+      closeIfDrainedLocked(s, fx);
+    } else if (direct_ || server.retired.count(id) != 0) {
+      lateReplies_.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      violation("reply with the unknown id " + std::to_string(id));
+    }
+  } else {
+    violation("a server sent a message that is not a reply");
+  }
 }
 
 void NetworkCore::onPingAnswerLocked(int s, bool handshake, const ResponseMessage& answer,

@@ -1,6 +1,7 @@
 // Contract tests of InMemoryTransport: routing (topic, server, fanout, exchanges), queueing,
 // poll deadlines, batches and interrupts, replies, bounds, and thread-safety under concurrency.
 #include "transports/in_memory_transport.h"
+#include "tests/support/reply_callbacks.h"
 
 #include <gtest/gtest.h>
 
@@ -42,10 +43,10 @@ Address fanoutAddress(std::string topic, std::string exchange = {}) {
 class ReplySink {
  public:
   ReplyCallback callback() {
-    return [this](std::string bytes) {
+    return testing::eachReply([this](std::string bytes) {
       std::lock_guard lock(mu_);
       replies_.push_back(std::move(bytes));
-    };
+    });
   }
   std::vector<std::string> replies() const {
     std::lock_guard lock(mu_);
@@ -491,10 +492,10 @@ TEST(InMemoryTransportTest, ChannelDestroyedWhileRepliesRunNeverCallsItAfterward
     std::atomic<int> calls{0};
     std::atomic<bool> destroyed{false};
     std::atomic<int> callsAfterDestroy{0};
-    auto channel = channelOrDie(transport, [&](std::string) {
+    auto channel = channelOrDie(transport, testing::eachReply([&](std::string) {
       calls.fetch_add(1);
       if (destroyed.load()) callsAfterDestroy.fetch_add(1);
-    });
+    }));
     ASSERT_TRUE(channel->send(topicAddress("t"), "q", kNoDeadline).isOk());
     std::vector<IncomingPtr> got = pollCount(*listener, 1);
     ASSERT_EQ(got.size(), 1u);
@@ -531,10 +532,10 @@ TEST(InMemoryTransportTest, ConcurrentSendersAndListenersDeliverEachMessageOnce)
   std::vector<std::unique_ptr<ClientChannel>> channels;
   for (int s = 0; s < kSenders; ++s) {
     const std::string prefix = std::to_string(s) + ":";
-    channels.push_back(channelOrDie(transport, [&, prefix](std::string bytes) {
+    channels.push_back(channelOrDie(transport, testing::eachReply([&, prefix](std::string bytes) {
       repliesReceived.fetch_add(1);
       if (bytes.rfind(prefix, 0) != 0) misrouted.fetch_add(1);
-    }));
+    })));
   }
 
   const Deadline deadline = deadlineAfter(kLong);

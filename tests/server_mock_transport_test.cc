@@ -501,7 +501,7 @@ struct MockedClient {
     auto handed = std::make_shared<std::unique_ptr<ClientChannel>>(std::move(owned));
     EXPECT_CALL(transport, openChannel(_, _))
         .WillOnce([this, handed](ReplyCallback onReply, LinkCallback) {
-          deliver = std::move(onReply);
+          replyCallback = std::move(onReply);
           return Result<std::unique_ptr<ClientChannel>>(std::move(*handed));
         });
   }
@@ -515,7 +515,10 @@ struct MockedClient {
 
   StrictMock<MockTransport> transport;
   StrictMock<MockClientChannel>* channel = nullptr;  // owned by the client once created
-  ReplyCallback deliver;                             // the client's reply callback
+  // Hands `bytes` to the client's reply callback, as a transport would.
+  void deliver(std::string bytes) { replyCallback(std::span<std::string>(&bytes, 1)); }
+
+  ReplyCallback replyCallback;  // the client's
 };
 
 // send() gets the encoded request (method, params, a "dl" budget) for the target's address and

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "tests/support/test_util.h"
+#include "tests/support/reply_callbacks.h"
 #include "transports/transport_factory.h"
 
 namespace switchboard {
@@ -77,13 +78,13 @@ class TransportContractTest : public ::testing::Test {
   // A channel whose replies are collected in replies_.
   std::unique_ptr<ClientChannel> channel() {
     return kind_.client
-        ->openChannel([this](std::string bytes) {
+        ->openChannel(testing::eachReply([this](std::string bytes) {
           {
             std::lock_guard<std::mutex> lock(mutex_);
             replies_.push_back(std::move(bytes));
           }
           replied_.add();
-        })
+        }))
         .value();
   }
 
@@ -230,10 +231,10 @@ TYPED_TEST(TransportContractTest, NoCallbackRunsAfterTheChannelIsDestroyed) {
   std::atomic<int> late{0};
   testing::Events arrived;
   auto channel = this->kind_.client
-                     ->openChannel([&](std::string) {
+                     ->openChannel(testing::eachReply([&](std::string) {
                        if (destroyed.load()) ++late;
                        arrived.add();
-                     })
+                     }))
                      .value();
   constexpr uint32_t kMessages = 50;
   for (uint32_t i = 0; i < kMessages; ++i) {

@@ -16,6 +16,7 @@
 #include "messaging/server.h"
 #include "tests/support/executor_kinds.h"
 #include "tests/support/test_util.h"
+#include "tests/support/reply_callbacks.h"
 #include "transports/transport_factory.h"
 
 namespace switchboard {
@@ -310,7 +311,8 @@ TEST_F(ZmqLinkEventTest, ChannelToABoundListenerReportsUp) {
   std::promise<std::string> replied;
   std::future<std::string> reply = replied.get_future();
   std::unique_ptr<ClientChannel> channel =
-      this->channel(url, [&replied](std::string bytes) { replied.set_value(std::move(bytes)); });
+      this->channel(url, testing::eachReply(
+                             [&replied](std::string bytes) { replied.set_value(std::move(bytes)); }));
   ASSERT_TRUE(links_.of(LinkEvent::kUp).waitFor(1, kWait)) << links_.dump();
   EXPECT_NE(links_.dump().find("up: connected to " + url), std::string::npos) << links_.dump();
   EXPECT_EQ(links_.of(LinkEvent::kRefused).count(), 0) << links_.dump();
@@ -362,8 +364,9 @@ TEST_F(ZmqLinkEventTest, RepliesFromManyThreadsWhileTheListenerPollsAllArrive) {
   const std::string url = listen();
   std::atomic<int> received{0};
   std::promise<void> all;
-  std::unique_ptr<ClientChannel> channel = this->channel(url, [&](std::string) {
-    if (received.fetch_add(1) + 1 == kRequests) all.set_value();
+  std::unique_ptr<ClientChannel> channel = this->channel(url, [&](std::span<std::string> replies) {
+    const int n = static_cast<int>(replies.size());
+    if (received.fetch_add(n) + n == kRequests) all.set_value();
   });
   for (int i = 0; i < kRequests; ++i) {
     ASSERT_OK(channel->send(address(""), "request", deadlineAfter(kWait)));

@@ -66,7 +66,7 @@ class InMemoryChannelState {
       }
     } leave{this, tRunningChannel};
     tRunningChannel = this;
-    onReply_(std::move(bytes));
+    onReply_(std::span<std::string>(&bytes, 1));
     return true;
   }
 

@@ -719,7 +719,7 @@ class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
         return lost(why);
       }
       std::lock_guard<std::mutex> lock(callbackMutex_);
-      if (callbacksOn_ && onReply_) onReply_(std::move(message));
+      if (callbacksOn_ && onReply_) onReply_(std::span<std::string>(&message, 1));
     }
     read(generation);
   }

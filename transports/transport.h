@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -69,9 +70,10 @@ class Listener {
   virtual void close() = 0;
 };
 
-// Receives the bytes of a reply sent to a ClientChannel. Runs on a transport thread (or the
+// Receives replies sent to a ClientChannel: one or more, in the order they arrived, as a batch
+// the transport took at once (the callee may move from them). Runs on a transport thread (or the
 // replier's); it must be quick and must not destroy the channel it belongs to.
-using ReplyCallback = std::function<void(std::string bytes)>;
+using ReplyCallback = std::function<void(std::span<std::string> replies)>;
 
 // What a channel learns about its link to the peer, where the transport can tell (ZeroMQ's
 // socket monitor can; the in-memory transport has no links and reports nothing).

@@ -689,9 +689,7 @@ class ZmqChannel final : public ClientChannel {
         }
         if (e.num() != EINTR) shared_->options_.log(LogLevel::kError, "zmq", e.what());
       }
-      if (onReply_) {
-        for (std::string& reply : replies) onReply_(std::move(reply));
-      }
+      if (onReply_ && !replies.empty()) onReply_(replies);
       if (readable || !replies.empty()) continue;  // look again before sleeping
       // After a socket error (socketFd -1, which poll ignores) it looks again in a while.
       const long timeout = socketFd < 0 ? kErrorRetryMs : pollTimeoutMs(next);

@@ -16,6 +16,7 @@
 #include <mutex>
 #include <optional>
 #include <random>
+#include <span>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -150,7 +151,9 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
   void closeIfDrainedLocked(int s, Effects& fx);
   int serverOf(uint64_t connection) const;
 
-  void onReply(uint64_t connection, std::string bytes);
+  void onReplies(uint64_t connection, std::span<std::string> replies);
+  // One reply of a batch; it may close `connection`, whose later replies then count late.
+  void onReplyLocked(uint64_t connection, DecodedMessage& decoded, Effects& fx);
   void onLink(uint64_t connection, LinkEvent event, std::string_view detail);
   void onPingAnswerLocked(int s, bool handshake, const ResponseMessage& answer, Effects& fx);
 
