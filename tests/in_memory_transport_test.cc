@@ -90,7 +90,7 @@ std::vector<IncomingPtr> pollNow(Listener& listener) {
 
 std::vector<std::string> bodies(const std::vector<IncomingPtr>& messages) {
   std::vector<std::string> result;
-  for (const IncomingPtr& message : messages) result.push_back(message->body());
+  for (const IncomingPtr& message : messages) result.emplace_back(message->body());
   return result;
 }
 
@@ -550,8 +550,8 @@ TEST(InMemoryTransportTest, ConcurrentSendersAndListenersDeliverEachMessageOnce)
         std::vector<IncomingPtr> out;
         ASSERT_TRUE(listeners[l]->poll(deadline, 16, out).isOk());
         for (IncomingPtr& message : out) {
-          bodiesOf[l].push_back(message->body());
-          EXPECT_TRUE(message->reply(message->body()).isOk());
+          bodiesOf[l].emplace_back(message->body());
+          EXPECT_TRUE(message->reply(std::string(message->body())).isOk());
         }
         if (received.fetch_add(out.size()) + out.size() >= kTotal) {
           for (auto& listener : listeners) listener->interrupt();

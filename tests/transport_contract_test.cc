@@ -151,7 +151,7 @@ TYPED_TEST(TransportContractTest, ManyMessagesInFlightEachGetTheirReply) {
   std::set<std::string> expected;
   for (uint32_t i = 0; i < kMessages; ++i) expected.insert(reply(i));
   for (IncomingPtr& m : in) {
-    std::string r = m->body();
+    std::string r(m->body());
     r[1] = '\x01';
     ASSERT_OK(m->reply(std::move(r)));
   }
@@ -273,7 +273,7 @@ TYPED_TEST(TransportContractTest, ConcurrentSendersAreEachDeliveredOnce) {
   for (std::thread& s : senders) s.join();
   std::vector<IncomingPtr> in = this->take(kThreads * kPerThread);
   std::map<std::string, int> seen;
-  for (const IncomingPtr& m : in) ++seen[m->body()];
+  for (const IncomingPtr& m : in) ++seen[std::string(m->body())];
   EXPECT_EQ(seen.size(), kThreads * kPerThread);
   for (const auto& [body, times] : seen) EXPECT_EQ(times, 1);
   std::vector<IncomingPtr> extra;

@@ -75,7 +75,7 @@ class ZmqNotificationTest : public ::testing::Test {
         std::vector<IncomingPtr> batch;
         EXPECT_OK(listener->poll(deadlineAfter(5ms), 64, batch));
         for (IncomingPtr& m : batch) {
-          got[listener].push_back(m->body());
+          got[listener].emplace_back(m->body());
           ++total;
           if (acknowledge) {
             m->acknowledge();

@@ -168,7 +168,7 @@ class InMemoryIncoming final : public IncomingMessage {
         envelope_(std::move(envelope)),
         peer_("memory:" + std::to_string(envelope_.channelId)) {}
 
-  const std::string& body() const override { return envelope_.body; }
+  std::string_view body() const override { return envelope_.body; }
   Status reply(std::string bytes) override {
     broker_->reply(envelope_.channelId, std::move(bytes));
     return Status::ok();

@@ -362,7 +362,7 @@ class TcpIncoming final : public IncomingMessage {
  public:
   TcpIncoming(std::shared_ptr<ServerConnection> connection, std::string body)
       : connection_(std::move(connection)), body_(std::move(body)) {}
-  const std::string& body() const override { return body_; }
+  std::string_view body() const override { return body_; }
   Status reply(std::string bytes) override { return connection_->reply(std::move(bytes)); }
   void acknowledge() override {}
   std::string_view peer() const override { return connection_->peer(); }

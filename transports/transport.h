@@ -28,8 +28,8 @@ class IncomingMessage {
   IncomingMessage(const IncomingMessage&) = delete;
   IncomingMessage& operator=(const IncomingMessage&) = delete;
 
-  // The bytes the sender sent.
-  virtual const std::string& body() const = 0;
+  // The bytes the sender sent; valid while the message lives.
+  virtual std::string_view body() const = 0;
   // Sends `bytes` back to the channel the message came from. Never blocks. A sender that is gone
   // is not an error of the replier: the reply is dropped and counted by the transport.
   virtual Status reply(std::string bytes) = 0;

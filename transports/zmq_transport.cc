@@ -466,14 +466,14 @@ class ZmqListenerCore final : public PolledSocket {
 class ZmqIncoming final : public IncomingMessage {
  public:
   ZmqIncoming(std::shared_ptr<ZmqListenerCore> core, RoutingFrames routing,
-              std::string body, std::string identity)
+              zmq::message_t body, std::string identity)
       : core_(std::move(core)),
         routing_(std::move(routing)),
         body_(std::move(body)),
         identity_(std::move(identity)) {
     peer_ = "zmq:" + hexOf(routing_.front());
   }
-  const std::string& body() const override { return body_; }
+  std::string_view body() const override { return body_.to_string_view(); }
   Status reply(std::string bytes) override { return core_->reply(routing_, std::move(bytes)); }
   void acknowledge() override {}
   std::string_view peer() const override { return peer_; }
@@ -482,7 +482,7 @@ class ZmqIncoming final : public IncomingMessage {
  private:
   std::shared_ptr<ZmqListenerCore> core_;
   RoutingFrames routing_;
-  std::string body_;
+  zmq::message_t body_;  // the frame as received: not copied
   std::string peer_;
   std::string identity_;  // the CURVE client's key the ZAP handler admitted; empty when plain
 };
@@ -538,8 +538,7 @@ class ZmqListener final : public Listener {
         }
       }
       out.push_back(std::make_unique<ZmqIncoming>(core_, std::move(routing),
-                                                  std::string(views_.back()),
-                                                  std::move(identity)));
+                                                  std::move(frames_.back()), std::move(identity)));
       shared.received_.fetch_add(1, std::memory_order_relaxed);
       ++taken;
     }
@@ -917,7 +916,7 @@ class ZmqNotification final : public IncomingMessage {
       : core_(std::move(core)), deliveryId_(deliveryId), body_(std::move(body)) {}
   ~ZmqNotification() override { (void)requeue(); }
 
-  const std::string& body() const override { return body_; }
+  std::string_view body() const override { return body_; }
   Status reply(std::string) override {
     return Status(StatusCode::kInvalidState, "a notification has no sender to reply to");
   }

@@ -54,11 +54,11 @@ class MockIncomingMessage : public IncomingMessage {
  public:
   explicit MockIncomingMessage(std::string body = {}, std::string peer = "mock")
       : body_(std::move(body)), peer_(std::move(peer)) {
-    ON_CALL(*this, body()).WillByDefault(::testing::ReturnRef(body_));
+    ON_CALL(*this, body()).WillByDefault(::testing::Return(std::string_view(body_)));
     ON_CALL(*this, peer()).WillByDefault(::testing::Return(std::string_view(peer_)));
   }
 
-  MOCK_METHOD(const std::string&, body, (), (const, override));
+  MOCK_METHOD(std::string_view, body, (), (const, override));
   MOCK_METHOD(Status, reply, (std::string bytes), (override));
   MOCK_METHOD(void, acknowledge, (), (override));
   MOCK_METHOD(std::string_view, peer, (), (const, override));

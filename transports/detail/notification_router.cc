@@ -208,7 +208,7 @@ class RouterIncoming final : public IncomingMessage {
       : router_(std::move(router)), id_(id), delivery_(std::move(delivery)), peer_(std::move(peer)) {}
   ~RouterIncoming() override { (void)requeue(); }
 
-  const std::string& body() const override { return *delivery_.body; }
+  std::string_view body() const override { return *delivery_.body; }
   Status reply(std::string /*bytes*/) override {
     return Status(StatusCode::kInvalidState, "a notification has no sender to reply to");
   }
