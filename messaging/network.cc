@@ -481,14 +481,12 @@ void NetworkCore::connectionDownLocked(int s, const std::string& why, bool dismi
 // reply to an earlier send can then never be taken for its answer). Counted as a replay.
 void NetworkCore::resendLocked(uint32_t id) {
   auto node = pending_.extract(id);
-  Pending& call = node.mapped();
-  call.server = -1;
-  call.connection = 0;
+  node.mapped().server = -1;
+  node.mapped().connection = 0;
   const uint32_t fresh = allocateIdLocked();
   node.key() = fresh;
-  deadlines_.erase(call.expiry);  // waiting, it has no call monitor running: its deadline
-  call.expiry = deadlines_.emplace(expiryOf(call), fresh);
-  pending_.insert(std::move(node));
+  Pending& call = pending_.insert(std::move(node)).position->second;
+  setExpiryLocked(fresh, call);  // waiting, it has no call monitor running: its deadline
   waiting_.push_front(fresh);
   replayed_.fetch_add(1, std::memory_order_relaxed);
 }
@@ -719,8 +717,7 @@ void NetworkCore::sendLocked(uint32_t id, Pending& call, int s, Effects& fx) {
   encodeMessage(request, bytes);
   calls_.fetch_add(1, std::memory_order_relaxed);
   if (call.monitor) {  // liveness starts now
-    deadlines_.erase(call.expiry);
-    call.expiry = deadlines_.emplace(expiryOf(call), id);
+    setExpiryLocked(id, call);
     armExpiryLocked();
   }
   if (Status sent = server.channel->send(call.to, std::move(bytes), call.deadline); !sent) {
@@ -754,8 +751,8 @@ void NetworkCore::call(OutgoingCall outgoing, RawOutcome done) {
                    .idempotent = outgoing.idempotent,
                    .sequence = nextSequence_++,
                    .started = now()};
-      call.expiry = deadlines_.emplace(expiryOf(call), id);
       Pending& stored = pending_.emplace(id, std::move(call)).first->second;
+      setExpiryLocked(id, stored);
       armExpiryLocked();
       const int s = selectLocked();
       if (s >= 0) {
@@ -801,7 +798,6 @@ void NetworkCore::failLocked(uint32_t id, Status why, Effects& fx) {
   if (why.code() == StatusCode::kPeerLost) peerLost_.fetch_add(1, std::memory_order_relaxed);
   if (why.code() == StatusCode::kTimeout) timeouts_.fetch_add(1, std::memory_order_relaxed);
   recordOutcomeLocked(call, why.code());
-  deadlines_.erase(call.expiry);
   fx.outcomes.emplace_back(std::move(call.done), std::move(why));
   pending_.erase(it);
   // Last: closing the connection fails what else it owed, through here again.
@@ -822,9 +818,37 @@ void NetworkCore::retireLocked(Server& server, uint32_t id) {
   }
 }
 
+void NetworkCore::setExpiryLocked(uint32_t id, Pending& call) {
+  call.expiry = ++lastExpiryStamp_;
+  expiries_.push_back(Expiry{expiryOf(call), id, call.expiry});
+  std::push_heap(expiries_.begin(), expiries_.end(), std::greater<>());
+  // Entries of answered calls stay until they reach the top; past twice the live ones (plus
+  // some slack) the heap is rebuilt from the live ones: bounded memory, amortized O(1).
+  if (expiries_.size() > 2 * pending_.size() + 64) {
+    std::erase_if(expiries_, [&](const Expiry& e) {
+      if (e.stamp == call.expiry) return false;  // `call` may not be in pending_ yet
+      auto it = pending_.find(e.id);
+      return it == pending_.end() || it->second.expiry != e.stamp;
+    });
+    std::make_heap(expiries_.begin(), expiries_.end(), std::greater<>());
+  }
+}
+
+const NetworkCore::Expiry* NetworkCore::nextExpiryLocked() {
+  while (!expiries_.empty()) {
+    const Expiry& top = expiries_.front();
+    auto it = pending_.find(top.id);
+    if (it != pending_.end() && it->second.expiry == top.stamp) return &top;
+    std::pop_heap(expiries_.begin(), expiries_.end(), std::greater<>());
+    expiries_.pop_back();
+  }
+  return nullptr;
+}
+
 void NetworkCore::armExpiryLocked() {
-  if (deadlines_.empty()) return;
-  const Deadline next = deadlines_.begin()->first;
+  const Expiry* first = nextExpiryLocked();
+  if (first == nullptr) return;
+  const Deadline next = first->at;
   if (next >= expiryArmedAt_) return;
   expiryArmedAt_ = next;
   scheduleLocked(next, [this, next](Effects& fx) {
@@ -835,8 +859,9 @@ void NetworkCore::armExpiryLocked() {
 
 void NetworkCore::expireLocked(Effects& fx) {
   const Deadline current = now();
-  while (!deadlines_.empty() && deadlines_.begin()->first <= current) {
-    const uint32_t id = deadlines_.begin()->second;
+  for (const Expiry* first = nextExpiryLocked(); first != nullptr && first->at <= current;
+       first = nextExpiryLocked()) {
+    const uint32_t id = first->id;
     Pending& call = pending_.at(id);
     const bool timedOut = current >= call.deadline;
     if (call.server >= 0 && servers_[call.server].connection == call.connection) {
@@ -896,8 +921,7 @@ void NetworkCore::onReplyLocked(uint64_t connection, DecodedMessage& decoded, Ef
     heartbeats_.fetch_add(1, std::memory_order_relaxed);
     auto it = pending_.find(heartbeat->msgid);
     if (it != pending_.end() && it->second.connection == connection && it->second.monitor) {
-      deadlines_.erase(it->second.expiry);
-      it->second.expiry = deadlines_.emplace(expiryOf(it->second), heartbeat->msgid);
+      setExpiryLocked(heartbeat->msgid, it->second);
       armExpiryLocked();
     }
   } else if (auto* response = std::get_if<ResponseMessage>(&decoded.message())) {
@@ -918,7 +942,6 @@ void NetworkCore::onReplyLocked(uint64_t connection, DecodedMessage& decoded, Ef
     } else if (call != pending_.end() && call->second.connection == connection) {
       Pending& answered = call->second;
       if (server.inFlight > 0) --server.inFlight;
-      deadlines_.erase(answered.expiry);
       recordOutcomeLocked(answered, response->error.code());
       fx.outcomes.emplace_back(std::move(answered.done),
                                response->error.isOk() ? Result<Value>(std::move(response->result))

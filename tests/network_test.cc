@@ -384,6 +384,36 @@ TEST_F(NetworkTest, ACallWhoseDeadlineExpiredIsNeverReplayed) {
   EXPECT_EQ(network_->stats().dismissals, 0u);
 }
 
+// Expiries live in a heap that keeps the entries of answered calls until they surface or a
+// compaction drops them: such entries must neither fail a live call nor delay its own expiry.
+TEST_F(NetworkTest, AnsweredCallsLeaveNoExpiryThatFailsOrDelaysALiveCall) {
+  Network::Options options = optionsFor({A});
+  options.pingInterval = 1h;  // no ping to answer while the clock moves
+  start(std::move(options));
+  servers_.answerHealth(A);
+  // Answered calls, and among them unanswered ones whose pushes also trigger compactions.
+  constexpr int kCalls = 700;
+  std::vector<size_t> live;
+  for (int i = 0; i < kCalls; ++i) {
+    if (i % 7 == 0) {
+      live.push_back(call("live", false, 10s));
+      continue;
+    }
+    const size_t quick = call("quick", false, i % 2 == 0 ? 1s : 30s);
+    answer(A, servers_.calls(A).back());
+    ASSERT_TRUE(outcomes_[quick].has_value()) << i;
+    EXPECT_OK(outcomes_[quick]->status()) << i;
+  }
+  timers_.advance(9s);  // past the 1 s deadlines of some answered calls
+  for (size_t index : live) EXPECT_FALSE(outcomes_[index].has_value()) << index;
+  timers_.advance(1s);
+  for (size_t index : live) {
+    ASSERT_TRUE(outcomes_[index].has_value()) << index;
+    EXPECT_CODE(outcomes_[index]->status(), StatusCode::kTimeout);
+  }
+  EXPECT_EQ(network_->stats().lateReplies, 0u);
+}
+
 TEST_F(NetworkTest, ALateReplyToAnExpiredCallOnALiveConnectionIsCountedNotAViolation) {
   start(optionsFor({A}));
   servers_.answerHealth(A);

@@ -106,7 +106,16 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
     Deadline started{};       // when call() took it: the latency recorded with its outcome
     int server = -1;          // where it was sent; -1 while it waits for a main server
     uint64_t connection = 0;  // the connection it was sent on
-    std::multimap<Deadline, uint32_t>::iterator expiry{};
+    uint64_t expiry = 0;  // its entry in expiries_ (0: none)
+  };
+
+  // When a call expires. An entry counts while its call is pending with the same stamp; the
+  // others are stale, dropped when they reach the top or at a compaction.
+  struct Expiry {
+    Deadline at;
+    uint32_t id = 0;
+    uint64_t stamp = 0;
+    bool operator>(const Expiry& other) const { return at > other.at; }
   };
 
   // What a locked section decided to do once the lock is released.
@@ -141,6 +150,10 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
   void armExpiryLocked();
   void expireLocked(Effects& fx);
   Deadline expiryOf(const Pending& call) const;
+  // (Re)sets when call `id` expires, to expiryOf(call).
+  void setExpiryLocked(uint32_t id, Pending& call);
+  // The earliest live entry of expiries_ (stale ones above it are dropped); null when none.
+  const Expiry* nextExpiryLocked();
   Duration backoffLocked(const Server& server);
   bool isWantedLocked(int s) const;
   bool isUsableLocked(int s) const;  // listed, connected, not draining: may take calls
@@ -179,7 +192,9 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
   std::unordered_map<uint32_t, Pending> pending_;  // guarded by mutex_
   std::unordered_map<uint32_t, int> pings_;        // guarded by mutex_: ping id -> server
   std::deque<uint32_t> waiting_;                   // guarded by mutex_: calls in call order
-  std::multimap<Deadline, uint32_t> deadlines_;    // guarded by mutex_
+  // guarded by mutex_: a min-heap on `at`; no allocation per call, unlike a tree of deadlines
+  std::vector<Expiry> expiries_;
+  uint64_t lastExpiryStamp_ = 0;  // guarded by mutex_
   Deadline expiryArmedAt_ = kNoDeadline;           // guarded by mutex_
   uint64_t nextTimerKey_ = 1;                      // guarded by mutex_
   std::unordered_map<uint64_t, TimerId> timerIds_;  // guarded by mutex_: scheduled, not run
