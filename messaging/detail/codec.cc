@@ -132,39 +132,15 @@ class ValueBuilder {
     return fail("MessagePack ext type " + std::to_string(type) + " is not supported");
   }
 
-  bool start_array(uint32_t size) {
-    if (size > maxArray_) {
-      return fail("MessagePack array longer than the limit of " + std::to_string(maxArray_) +
-                  " elements (or than the message)");
-    }
-    if (!enter()) return false;
-    *slot_ = Array();
-    slot_->asArray().reserve(size);
-    open_.push_back(slot_);
-    return true;
-  }
+  bool start_array(uint32_t size) { return open<Array>(size, maxArray_, "array longer", "elements"); }
   bool start_array_item() {
-    Array& array = open_.back()->asArray();
-    slot_ = &array.emplace_back();
+    slot_ = &open_.back()->asArray().emplace_back();
     return true;
   }
   bool end_array_item() { return true; }
-  bool end_array() {
-    open_.pop_back();
-    return true;
-  }
+  bool end_array() { return close(); }
 
-  bool start_map(uint32_t size) {
-    if (size > maxMap_) {
-      return fail("MessagePack map larger than the limit of " + std::to_string(maxMap_) +
-                  " pairs (or than the message)");
-    }
-    if (!enter()) return false;
-    *slot_ = Map();
-    slot_->asMap().reserve(size);
-    open_.push_back(slot_);
-    return true;
-  }
+  bool start_map(uint32_t size) { return open<Map>(size, maxMap_, "map larger", "pairs"); }
   bool start_map_key() {
     slot_ = &open_.back()->asMap().emplace_back().first;
     return true;
@@ -175,10 +151,7 @@ class ValueBuilder {
     return true;
   }
   bool end_map_value() { return true; }
-  bool end_map() {
-    open_.pop_back();
-    return true;
-  }
+  bool end_map() { return close(); }
 
   void parse_error(size_t /*parsedOffset*/, size_t /*errorOffset*/) {
     if (error_.isOk()) error_ = protocolError("malformed MessagePack data");
@@ -192,11 +165,25 @@ class ValueBuilder {
     *slot_ = std::move(v);
     return true;
   }
-  // One more level of nesting: a scalar has depth 0, [1] depth 1.
-  bool enter() {
+  // Puts an empty Container of capacity `size` (at most `max` `unit`s) in the slot and fills it
+  // next: one more level of nesting (a scalar has depth 0, [1] depth 1).
+  template <typename Container>
+  bool open(uint32_t size, size_t max, std::string_view tooBig, std::string_view unit) {
+    if (size > max) {
+      return fail("MessagePack " + std::string(tooBig) + " than the limit of " +
+                  std::to_string(max) + " " + std::string(unit) + " (or than the message)");
+    }
     if (open_.size() + 1 > maxDepth_) {
       return fail("MessagePack nesting deeper than the limit of " + std::to_string(maxDepth_));
     }
+    Container container;
+    container.reserve(size);
+    *slot_ = Value(std::move(container));
+    open_.push_back(slot_);
+    return true;
+  }
+  bool close() {
+    open_.pop_back();
     return true;
   }
   bool fail(std::string why) {
