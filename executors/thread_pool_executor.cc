@@ -122,8 +122,11 @@ void ThreadPoolExecutor::poolThreadMain() {
       lock.lock();
       detail::QueuedTask mine;
       auto next = admitted.begin();
-      if (next != admitted.end() && q.idle > 0) {
-        mine = std::move(*next++);  // run it here; an idle thread takes the lead
+      // A lone task runs here while an idle thread takes the lead: no hand-off on its way. A
+      // batch means load: the leader keeps polling and idle threads take the batch from the
+      // queue (waking a new leader for every batch cost more than it saved).
+      if (admitted.size() == 1 && q.idle > 0) {
+        mine = std::move(*next++);
         leading = q.leaderTaken = false;
         q.wakeup.notify_one();
       }
