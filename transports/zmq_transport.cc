@@ -466,14 +466,14 @@ class ZmqListenerCore final : public PolledSocket {
 class ZmqIncoming final : public IncomingMessage {
  public:
   ZmqIncoming(std::shared_ptr<ZmqListenerCore> core, RoutingFrames routing,
-              zmq::message_t body, std::string identity)
+              std::string body, std::string identity)
       : core_(std::move(core)),
         routing_(std::move(routing)),
         body_(std::move(body)),
         identity_(std::move(identity)) {
     peer_ = "zmq:" + hexOf(routing_.front());
   }
-  std::string_view body() const override { return body_.to_string_view(); }
+  std::string_view body() const override { return body_; }
   Status reply(std::string bytes) override { return core_->reply(routing_, std::move(bytes)); }
   void acknowledge() override {}
   std::string_view peer() const override { return peer_; }
@@ -482,7 +482,9 @@ class ZmqIncoming final : public IncomingMessage {
  private:
   std::shared_ptr<ZmqListenerCore> core_;
   RoutingFrames routing_;
-  zmq::message_t body_;  // the frame as received: not copied
+  // A copy: a received frame may share one of libzmq's decode buffers with other messages, which
+  // a request kept for a long call would pin.
+  std::string body_;
   std::string peer_;
   std::string identity_;  // the CURVE client's key the ZAP handler admitted; empty when plain
 };
@@ -538,7 +540,7 @@ class ZmqListener final : public Listener {
         }
       }
       out.push_back(std::make_unique<ZmqIncoming>(core_, std::move(routing),
-                                                  std::move(frames_.back()), std::move(identity)));
+                                                  frames_.back().to_string(), std::move(identity)));
       shared.received_.fetch_add(1, std::memory_order_relaxed);
       ++taken;
     }
