@@ -23,8 +23,9 @@ struct WorkQueue;
 // it passes the lead to that thread and runs the task itself, so a lone call is not handed to
 // another thread on its way (the hand-off, a wake-up, happens beside the call, not in front of
 // it). A batch of several tasks goes to a bounded queue that idle threads drain while the
-// leader keeps polling. When no thread is idle the leader queues every task and keeps polling: a thread always polls while any is free,
-// so cancels are read and excess calls answered kOverloaded while handlers run.
+// leader keeps polling. When no thread is idle the leader queues every task and keeps polling:
+// a thread always polls while any is free, so cancels are read and excess calls answered
+// kOverloaded while handlers run.
 // Thread-safe. Timers (runAt) run on the leader and must be short.
 class ThreadPoolExecutor final : public Executor {
  public:

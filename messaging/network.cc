@@ -826,19 +826,22 @@ void NetworkCore::setExpiryLocked(uint32_t id, Pending& call) {
   // some slack) the heap is rebuilt from the live ones: bounded memory, amortized O(1).
   if (expiries_.size() > 2 * pending_.size() + 64) {
     std::erase_if(expiries_, [&](const Expiry& e) {
-      if (e.stamp == call.expiry) return false;  // `call` may not be in pending_ yet
-      auto it = pending_.find(e.id);
-      return it == pending_.end() || it->second.expiry != e.stamp;
+      // `call` may not be in pending_ yet: its entry is kept regardless
+      return e.stamp != call.expiry && !isLiveLocked(e);
     });
     std::make_heap(expiries_.begin(), expiries_.end(), std::greater<>());
   }
 }
 
+bool NetworkCore::isLiveLocked(const Expiry& entry) const {
+  auto it = pending_.find(entry.id);
+  return it != pending_.end() && it->second.expiry == entry.stamp;
+}
+
 const NetworkCore::Expiry* NetworkCore::nextExpiryLocked() {
   while (!expiries_.empty()) {
     const Expiry& top = expiries_.front();
-    auto it = pending_.find(top.id);
-    if (it != pending_.end() && it->second.expiry == top.stamp) return &top;
+    if (isLiveLocked(top)) return &top;
     std::pop_heap(expiries_.begin(), expiries_.end(), std::greater<>());
     expiries_.pop_back();
   }

@@ -153,9 +153,9 @@ class CallReply final : public ReplySink {
       : core_(core),
         message_(std::move(message)),
         msgid_(msgid),
-        key_{std::string(message_->peer()), msgid},
         counters_(counters),
         received_(received),
+        key_{std::string(message_->peer()), msgid},
         work_(std::move(work)) {
     core_.registerCall(key_, cancelled_);
   }
@@ -187,12 +187,12 @@ class CallReply final : public ReplySink {
   ServerCore& core_;
   const IncomingPtr message_;
   const uint32_t msgid_;
-  const CallKey key_;
   MethodCounters& counters_;
   const Deadline received_;  // when the request was taken off the transport
   Context context_;  // for serializeEntity of the result
 
  private:
+  const CallKey key_;
   std::atomic<bool> sent_{false};
   std::atomic<bool> cancelled_{false};  // set by a CancelMessage for the call
   WorkGuard work_;  // keeps the executor's epoch open until answered

@@ -1,7 +1,6 @@
 // Contract tests of InMemoryTransport: routing (topic, server, fanout, exchanges), queueing,
 // poll deadlines, batches and interrupts, replies, bounds, and thread-safety under concurrency.
 #include "transports/in_memory_transport.h"
-#include "tests/support/reply_callbacks.h"
 
 #include <gtest/gtest.h>
 
@@ -16,6 +15,8 @@
 #include <thread>
 #include <utility>
 #include <vector>
+
+#include "tests/support/reply_callbacks.h"
 
 namespace switchboard {
 namespace {

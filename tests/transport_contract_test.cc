@@ -11,8 +11,8 @@
 #include <set>
 #include <thread>
 
-#include "tests/support/test_util.h"
 #include "tests/support/reply_callbacks.h"
+#include "tests/support/test_util.h"
 #include "transports/transport_factory.h"
 
 namespace switchboard {

@@ -456,7 +456,6 @@ class ZmqListenerCore final : public PolledSocket {
     }
   }
 
-
   std::mutex leftMutex_;
   std::vector<LeftReply> left_;  // guarded by leftMutex_: replies left for the socket's holder
   std::atomic<bool> hasLeft_{false};  // written under leftMutex_: left_ may be non-empty

@@ -132,7 +132,9 @@ class ValueBuilder {
     return fail("MessagePack ext type " + std::to_string(type) + " is not supported");
   }
 
-  bool start_array(uint32_t size) { return open<Array>(size, maxArray_, "array longer", "elements"); }
+  bool start_array(uint32_t size) {
+    return open<Array>(size, maxArray_, "array longer", "elements");
+  }
   bool start_array_item() {
     slot_ = &open_.back()->asArray().emplace_back();
     return true;

@@ -5,8 +5,8 @@
 #pragma once
 
 #include <array>
-#include <boost/container/small_vector.hpp>
 #include <atomic>
+#include <boost/container/small_vector.hpp>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -152,6 +152,8 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
   Deadline expiryOf(const Pending& call) const;
   // (Re)sets when call `id` expires, to expiryOf(call).
   void setExpiryLocked(uint32_t id, Pending& call);
+  // True while `entry` is its pending call's current expiry.
+  bool isLiveLocked(const Expiry& entry) const;
   // The earliest live entry of expiries_ (stale ones above it are dropped); null when none.
   const Expiry* nextExpiryLocked();
   Duration backoffLocked(const Server& server);

@@ -328,8 +328,12 @@ void appendEncoded(const Message& message, std::string& out) {
 
 }  // namespace
 
-void encodeMessage(const RequestMessage& message, std::string& out) { appendEncoded(message, out); }
-void encodeMessage(const ResponseMessage& message, std::string& out) { appendEncoded(message, out); }
+void encodeMessage(const RequestMessage& message, std::string& out) {
+  appendEncoded(message, out);
+}
+void encodeMessage(const ResponseMessage& message, std::string& out) {
+  appendEncoded(message, out);
+}
 void encodeMessage(const NotificationMessage& message, std::string& out) {
   appendEncoded(message, out);
 }
