@@ -224,7 +224,7 @@ TEST(ServerMockTransportTest, StartListensOnceStopInterruptsWaitClosesOnceRestar
     inbox->serve(*listener);
     EXPECT_CALL(*listener, poll(_, _, _)).Times(AnyNumber());
     Expectation interrupted = EXPECT_CALL(*listener, interrupt()).Times(AtLeast(1));
-    EXPECT_CALL(*listener, close()).After(interrupted).WillOnce([closes] { ++*closes; });
+    EXPECT_CALL(*listener, close()).After(interrupted).WillOnce([counter = closes] { ++*counter; });
   }
   std::unique_ptr<Listener> first = std::move(listener1), second = std::move(listener2);
   const Address address{"ex", "tp", "srv", false};
