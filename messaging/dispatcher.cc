@@ -84,7 +84,7 @@ Value RpcDispatcher::introspect() const {
 
 Result<Value> RpcDispatcher::dispatch(CallContext& ctx, std::string_view ns,
                                       const std::optional<Version>& version,
-                                      std::string_view method, const Array& params) const {
+                                      std::string_view method, Array params) const {
   bool compatible = false;
   for (const Endpoint& endpoint : endpoints_) {
     if (endpoint.ns() != ns) continue;
@@ -93,7 +93,7 @@ Result<Value> RpcDispatcher::dispatch(CallContext& ctx, std::string_view ns,
     const Endpoint::Method* m = isCallable(method) ? endpoint.find(method) : nullptr;
     if (m == nullptr) continue;
     try {
-      return m->handler(ctx, params);
+      return m->handler(ctx, std::move(params));  // one handler runs, at most
     } catch (const std::exception& e) {
       return Status::remote(currentExceptionTypeName(), e.what());
     } catch (...) {

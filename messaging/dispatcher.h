@@ -36,7 +36,7 @@ class RpcDispatcher final {
   //  kRemoteError         the handler threw; remoteType() is its demangled type name.
   Result<Value> dispatch(CallContext& ctx, std::string_view ns,
                          const std::optional<Version>& version, std::string_view method,
-                         const Array& params) const;
+                         Array params) const;
 
   // The callable methods: [{"namespace", "version", "methods": [{"name", "signature"}]}].
   Value introspect() const;

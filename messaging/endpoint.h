@@ -72,8 +72,9 @@ struct MethodSignature {
   std::string toString(std::string_view method) const;  // "add(a: integer, b: integer) -> integer"
 };
 
-// Runs a method: params in, result or error out. May throw (the dispatcher catches).
-using MethodHandler = std::function<Result<Value>(CallContext&, const Array& params)>;
+// Runs a method: params in (the handler's own, to move from), result or error out. May throw
+// (the dispatcher catches).
+using MethodHandler = std::function<Result<Value>(CallContext&, Array params)>;
 
 namespace detail {
 
@@ -111,13 +112,14 @@ struct IsResult<Result<T>> : std::true_type {};
 Status argumentError(size_t index, const std::vector<std::string>& names, const Status& why);
 Status arityError(size_t expected, size_t got);
 
-// Converts params[I] to the decayed Ith parameter type, remembering the first failure.
+// Converts params[I], moved from, to the decayed Ith parameter type, remembering the first
+// failure.
 template <typename Arg>
-std::decay_t<Arg> convertArgument(const Array& params, size_t index,
+std::decay_t<Arg> convertArgument(Array& params, size_t index,
                                   const std::vector<std::string>& names, Status& failure) {
   using Plain = std::decay_t<Arg>;
   if (!failure.isOk()) return Plain{};
-  Result<Plain> converted = fromValue<Plain>(params[index]);
+  Result<Plain> converted = fromValue<Plain>(std::move(params[index]));
   if (!converted) {
     failure = argumentError(index, names, converted.status());
     return Plain{};
@@ -144,7 +146,7 @@ Result<Value> invokeAndConvert(Invoke&& invoke) {
 }
 
 template <typename F, typename... A, size_t... I>
-Result<Value> callWithParams(F& fn, CallContext& ctx, const Array& params,
+Result<Value> callWithParams(F& fn, CallContext& ctx, Array& params,
                              const std::vector<std::string>& names, std::tuple<A...>*,
                              std::index_sequence<I...>) {
   using R = typename FunctionTraits<std::decay_t<F>>::ResultType;
@@ -173,7 +175,7 @@ MethodHandler makeHandler(F fn, std::vector<std::string> names) {
   using Args = typename Traits::ArgsTuple;
   constexpr size_t kArity = std::tuple_size_v<Args> - (TakesContext<Args>::value ? 1 : 0);
   return [fn = std::move(fn), names = std::move(names)](CallContext& ctx,
-                                                        const Array& params) mutable {
+                                                        Array params) mutable {
     return callWithParams(fn, ctx, params, names, static_cast<Args*>(nullptr),
                           std::make_index_sequence<kArity>());
   };

@@ -237,7 +237,8 @@ class RequestTask final : public Task {
                     CallReply::cancellationOf(reply_), core.executor_.get(), reply_,
                     reply_->message_->identity());
     Result<Value> outcome =
-        core.dispatcher_.dispatch(ctx, request_.ext.ns, version, request_.method, request_.params);
+        core.dispatcher_.dispatch(ctx, request_.ext.ns, version, request_.method,
+                                  std::move(request_.params));
     if (!ctx.deferred()) reply_->send(std::move(outcome));
   }
 
@@ -295,7 +296,8 @@ class CastTask final : public Task {
       CallContext ctx(std::move(context), cast_.method, message_->peer(), kNoDeadline, nullptr,
                       core_.executor_.get(), outcome_, message_->identity());
       Result<Value> outcome =
-          core_.dispatcher_.dispatch(ctx, cast_.ext.ns, version, cast_.method, cast_.params);
+          core_.dispatcher_.dispatch(ctx, cast_.ext.ns, version, cast_.method,
+                                    std::move(cast_.params));
       if (!ctx.deferred()) outcome_->send(std::move(outcome));
     } catch (const std::exception& e) {
       outcome_->send(Status(StatusCode::kBadArguments, std::string("serializer: ") + e.what()));

@@ -67,7 +67,9 @@ class Value {
   uint64_t asUInt() const { return std::get<uint64_t>(v_); }
   double asDouble() const { return std::get<double>(v_); }
   const std::string& asString() const { return std::get<std::string>(v_); }
+  std::string& asString() { return std::get<std::string>(v_); }
   const Binary& asBinary() const { return std::get<Binary>(v_); }
+  Binary& asBinary() { return std::get<Binary>(v_); }
   const Array& asArray() const { return std::get<Array>(v_); }
   Array& asArray() { return std::get<Array>(v_); }
   const Map& asMap() const { return std::get<Map>(v_); }
@@ -89,7 +91,8 @@ class Value {
 };
 
 // ValueTraits<T>: to(T) -> Value and from(const Value&) -> Result<T> with BadArguments-style
-// messages ("expected integer, got string"). Specialise it for your own types.
+// messages ("expected integer, got string"). Specialise it for your own types. A from(Value&&)
+// overload, where there is one, takes the contents instead of copying them.
 template <typename T, typename Enable = void>
 struct ValueTraits;
 
@@ -102,6 +105,7 @@ template <>
 struct ValueTraits<Value> {
   static Value to(Value v) { return v; }
   static Result<Value> from(const Value& v) { return v; }
+  static Result<Value> from(Value&& v) { return std::move(v); }
 };
 
 template <>
@@ -158,6 +162,10 @@ struct ValueTraits<std::string> {
     if (!v.isString()) return detail::conversionError("string", v);
     return v.asString();
   }
+  static Result<std::string> from(Value&& v) {
+    if (!v.isString()) return detail::conversionError("string", v);
+    return std::move(v.asString());
+  }
 };
 
 // String literals convert to Values (arguments); nothing converts back to a borrowed pointer.
@@ -172,6 +180,10 @@ struct ValueTraits<Binary> {
   static Result<Binary> from(const Value& v) {
     if (!v.isBinary()) return detail::conversionError("binary", v);
     return v.asBinary();
+  }
+  static Result<Binary> from(Value&& v) {
+    if (!v.isBinary()) return detail::conversionError("binary", v);
+    return std::move(v.asBinary());
   }
 };
 
@@ -241,6 +253,11 @@ Value toValue(T&& t) {
 template <typename T>
 Result<T> fromValue(const Value& v) {
   return ValueTraits<T>::from(v);
+}
+// The same from a Value the caller gives up: moved from where ValueTraits<T> can, else copied.
+template <typename T>
+Result<T> fromValue(Value&& v) {
+  return ValueTraits<T>::from(std::move(v));
 }
 
 }  // namespace switchboard

@@ -20,7 +20,7 @@ class DispatcherTest : public ::testing::Test {
   Result<Value> dispatch(const RpcDispatcher& d, std::string_view method, Array params,
                          std::string_view ns = "", std::optional<Version> v = std::nullopt) {
     CallContext ctx(Value(), method, "test", kNoDeadline, nullptr, nullptr, nullptr);
-    return d.dispatch(ctx, ns, v, method, params);
+    return d.dispatch(ctx, ns, v, method, std::move(params));
   }
 };
 
@@ -41,6 +41,27 @@ TEST_F(DispatcherTest, ConvertsArgumentsAndResults) {
   EXPECT_EQ(*dispatch(d, "maybe", {Value()}), Value(-1));
   EXPECT_EQ(*dispatch(d, "nothing", {}), Value());
   EXPECT_EQ(*dispatch(d, "half", {3}), Value(1.5));  // integers convert to double
+}
+
+// A handler's arguments are moved out of the params the dispatcher was given, not copied.
+TEST_F(DispatcherTest, ArgumentsAreMovedFromTheParams) {
+  const std::string text(100, 'p');  // past the small-string buffer: a move keeps the storage
+  Array params{Value(text), Value(Binary{text})};
+  const char* stringStorage = params[0].asString().data();
+  const char* binaryStorage = params[1].asBinary().bytes.data();
+  const char* stringReceived = nullptr;
+  const char* binaryReceived = nullptr;
+  Endpoint ep;
+  ep.method("take", [&](std::string s, Binary b) {
+    stringReceived = s.data();
+    binaryReceived = b.bytes.data();
+    return s.size() + b.bytes.size();
+  });
+  RpcDispatcher d({ep});
+  CallContext ctx(Value(), "take", "test", kNoDeadline, nullptr, nullptr, nullptr);
+  EXPECT_EQ(*d.dispatch(ctx, "", std::nullopt, "take", std::move(params)), Value(200));
+  EXPECT_EQ(stringReceived, stringStorage);
+  EXPECT_EQ(binaryReceived, binaryStorage);
 }
 
 TEST_F(DispatcherTest, BadArgumentsNameTheArgument) {

@@ -202,6 +202,27 @@ TEST(ValueTraitsTest, OtherTypes) {
   EXPECT_EQ(fromValue<Value>(Value("any")).value(), Value("any"));
 }
 
+TEST(ValueTraitsTest, FromAValueGivenUpMovesTheContents) {
+  const std::string text(100, 's');  // past the small-string buffer: a move keeps the storage
+  Value string(text);
+  const char* storage = string.asString().data();
+  Result<std::string> taken = fromValue<std::string>(std::move(string));
+  ASSERT_TRUE(taken.isOk());
+  EXPECT_EQ(*taken, text);
+  EXPECT_EQ(taken->data(), storage);
+  Value binary(Binary{text});
+  storage = binary.asBinary().bytes.data();
+  EXPECT_EQ(fromValue<Binary>(std::move(binary))->bytes.data(), storage);
+  Value any(Array{Value(text)});
+  storage = any.asArray()[0].asString().data();
+  EXPECT_EQ(fromValue<Value>(std::move(any))->asArray()[0].asString().data(), storage);
+  // A mismatch still names both types, and leaves the value as it was.
+  Value number(7);
+  EXPECT_EQ(fromValue<std::string>(std::move(number)).status().message(),
+            "expected string, got integer");
+  EXPECT_EQ(number, Value(7));  // NOLINT(bugprone-use-after-move): from() did not take it
+}
+
 TEST(ValueTraitsTest, VectorElementErrorNamesTheIndex) {
   const Value v(Array{Value(1), Value(2), Value("three")});
   auto r = fromValue<std::vector<int>>(v);
@@ -474,6 +495,24 @@ TEST(CodecHostileTest, ElementLimits) {
   // A nested string over the limit is caught too.
   protocolErrorOf(encodeValue(Value(Array{Value(Map{{Value("k"), Value(std::string(11, 'y'))}})})),
                   limits);
+}
+
+// The parse state a thread keeps between decodes starts afresh after each failure.
+TEST(CodecHostileTest, ADecodeAfterAFailedOneStartsAfresh) {
+  DecodeLimits limits;
+  limits.maxString = 4;
+  const Value nested(Array{Value(Array{1, Value(Map{{Value("k"), Value(Array{2, 3})}})}), 4});
+  const std::string good = encodeValue(nested);
+  for (const std::string& bad :
+       {good.substr(0, good.size() - 3),                         // truncated mid-container
+        encodeValue(Value(Array{Value(Array{Value("too long")})})),  // stopped by the builder
+        bytes({0x92, 0x01, 0xc1})}) {                                // malformed mid-array
+    SCOPED_TRACE(bad.size());
+    protocolErrorOf(bad, limits);
+    Result<Value> decoded = decodeValue(good, limits);
+    ASSERT_TRUE(decoded.isOk()) << decoded.status();
+    EXPECT_EQ(*decoded, nested);
+  }
 }
 
 TEST(CodecHostileTest, TrailingBytes) {
