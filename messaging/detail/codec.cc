@@ -102,7 +102,6 @@ class ValueBuilder {
         maxDepth_(std::min(limits.maxDepth, kMaxDecodeDepth)) {}
 
   const Status& error() const { return error_; }
-  void init() {}  // msgpack-c's context calls it when it is reset; a builder is used once
 
   bool visit_nil() { return set(Value(nullptr)); }
   bool visit_boolean(bool v) { return set(Value(v)); }
@@ -204,25 +203,6 @@ class ValueBuilder {
   Status error_ = Status::ok();
 };
 
-// msgpack-c's parse state for one thread. Its container stack is a vector reserved when the
-// context is made, so a context per decode cost an allocation; this one is reset instead.
-class ParseContext : public msgpack::detail::context<ParseContext> {
- public:
-  // Parses one object of `bytes` into `builder`; `offset` ends past what was parsed.
-  bool parse(std::string_view bytes, size_t& offset, ValueBuilder& builder) {
-    builder_ = &builder;
-    init();
-    const msgpack::parse_return ret = execute(bytes.data(), bytes.size(), offset);
-    builder_ = nullptr;
-    if (ret == msgpack::PARSE_CONTINUE) builder.insufficient_bytes(offset, offset);
-    return ret == msgpack::PARSE_SUCCESS;
-  }
-  ValueBuilder& visitor() const { return *builder_; }
-
- private:
-  ValueBuilder* builder_ = nullptr;
-};
-
 }  // namespace
 
 void encodeValue(const Value& value, std::string& out) {
@@ -281,8 +261,7 @@ Result<Value> decodeValue(std::string_view bytes, const DecodeLimits& limits) {
   ValueBuilder builder(value, limits, bytes.size());
   size_t offset = 0;
   try {
-    thread_local ParseContext context;
-    if (!context.parse(bytes, offset, builder)) {
+    if (!msgpack::parse(bytes.data(), bytes.size(), offset, builder)) {
       return builder.error().isOk() ? protocolError("malformed MessagePack data") : builder.error();
     }
   } catch (const std::bad_alloc&) {
