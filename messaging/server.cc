@@ -3,7 +3,7 @@
 #include "messaging/server.h"
 
 #include <array>
-
+#include <limits>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -28,6 +28,46 @@ struct CallKeyHash {
   size_t operator()(const CallKey& key) const {
     return std::hash<std::string_view>()(key.peer) ^ (size_t{key.msgid} * 0x9e3779b97f4a7c15ULL);
   }
+};
+
+// The cancel flags of the calls in flight, found by CallKey. In shards, so that pool threads
+// registering and answering calls seldom wait for one another (one mutex for every call was the
+// most contended lock of a busy thread-pool server).
+class CallRegistry {
+ public:
+  // A later call with the same key takes the entry over; remove() then leaves it.
+  void add(const CallKey& key, std::atomic<bool>& cancelled) {
+    Shard& shard = shardOf(key);
+    std::lock_guard<std::mutex> lock(shard.mutex);
+    shard.calls.insert_or_assign(key, &cancelled);
+  }
+  void remove(const CallKey& key, const std::atomic<bool>& cancelled) {
+    Shard& shard = shardOf(key);
+    std::lock_guard<std::mutex> lock(shard.mutex);
+    auto it = shard.calls.find(key);
+    if (it != shard.calls.end() && it->second == &cancelled) shard.calls.erase(it);
+  }
+  // Sets the cancel flag of the call under `key`; false when no such call is in flight.
+  bool cancel(const CallKey& key) {
+    Shard& shard = shardOf(key);
+    std::lock_guard<std::mutex> lock(shard.mutex);
+    auto it = shard.calls.find(key);
+    if (it == shard.calls.end()) return false;
+    it->second->store(true);
+    return true;
+  }
+
+ private:
+  static constexpr size_t kShardBits = 4;
+  struct alignas(64) Shard {  // a cache line each: shards do not share their mutex's line
+    std::mutex mutex;
+    std::unordered_map<CallKey, std::atomic<bool>*, CallKeyHash> calls;  // guarded by mutex
+  };
+  // By the hash's top bits; the maps' buckets use its low ones.
+  Shard& shardOf(const CallKey& key) {
+    return shards_[CallKeyHash()(key) >> (std::numeric_limits<size_t>::digits - kShardBits)];
+  }
+  std::array<Shard, size_t{1} << kShardBits> shards_;
 };
 
 // One method's counters: outcomes by status code, and answer latency.
@@ -113,10 +153,6 @@ class ServerCore final : public TaskSource {
   // Heartbeats for `call` every `every` until it is answered (timers of the executor).
   void scheduleHeartbeat(std::weak_ptr<CallReply> call, Duration every);
   void failedCast(const std::string& method, const Status& why);
-  // Makes a call cancellable by a CancelMessage until unregistered. A later call with the same
-  // key takes the entry over; unregister() then leaves it.
-  void registerCall(const CallKey& key, std::atomic<bool>& cancelled);
-  void unregister(const CallKey& key, const std::atomic<bool>& cancelled);
 
   Transport& transport_;
   const Target target_;
@@ -133,10 +169,8 @@ class ServerCore final : public TaskSource {
   std::unique_ptr<Listener> listener_;
   std::vector<IncomingPtr> incoming_;  // poll()'s scratch, receiving thread only
 
-  std::mutex callsMutex_;
-  // guarded by callsMutex_: cancel flags of calls in flight (each owned by its CallReply, which
-  // unregisters before it goes)
-  std::unordered_map<CallKey, std::atomic<bool>*, CallKeyHash> calls_;
+  // Each flag is owned by its CallReply, which removes it before it goes.
+  CallRegistry calls_;
 
   std::atomic<bool> draining_{false};  // set by stop(), cleared by start()
   std::atomic<uint64_t> received_{0}, replied_{0}, failed_{0}, rejected_{0}, dropped_{0},
@@ -157,10 +191,10 @@ class CallReply final : public ReplySink {
         received_(received),
         key_{std::string(message_->peer()), msgid},
         work_(std::move(work)) {
-    core_.registerCall(key_, cancelled_);
+    core_.calls_.add(key_, cancelled_);
   }
   ~CallReply() override {
-    if (!sent_.load()) core_.unregister(key_, cancelled_);  // a task destroyed without running
+    if (!sent_.load()) core_.calls_.remove(key_, cancelled_);  // destroyed without running
   }
 
   // The cancel flag, sharing this reply's lifetime.
@@ -171,7 +205,7 @@ class CallReply final : public ReplySink {
 
   void send(Result<Value> outcome) override {
     if (sent_.exchange(true)) return;
-    core_.unregister(key_, cancelled_);
+    core_.calls_.remove(key_, cancelled_);
     core_.finishCall(*this, std::move(outcome));
     work_.reset();
   }
@@ -375,11 +409,7 @@ Status ServerCore::poll(Deadline deadline, std::vector<TaskPtr>& out) {
       case MessageKind::kCancel: {
         const CallKey key{std::string(message->peer()),
                           std::get<CancelMessage>(decoded.message()).msgid};
-        std::lock_guard<std::mutex> lock(callsMutex_);
-        if (auto it = calls_.find(key); it != calls_.end()) {
-          it->second->store(true);
-          cancelled_.fetch_add(1, std::memory_order_relaxed);
-        }
+        if (calls_.cancel(key)) cancelled_.fetch_add(1, std::memory_order_relaxed);
         message->acknowledge();
         break;
       }
@@ -422,16 +452,6 @@ void ServerCore::scheduleHeartbeat(std::weak_ptr<CallReply> call, Duration every
     auto live = call.lock();
     if (live && live->heartbeat()) scheduleHeartbeat(live, every);
   });
-}
-
-void ServerCore::registerCall(const CallKey& key, std::atomic<bool>& cancelled) {
-  std::lock_guard<std::mutex> lock(callsMutex_);
-  calls_.insert_or_assign(key, &cancelled);
-}
-
-void ServerCore::unregister(const CallKey& key, const std::atomic<bool>& cancelled) {
-  std::lock_guard<std::mutex> lock(callsMutex_);
-  if (auto it = calls_.find(key); it != calls_.end() && it->second == &cancelled) calls_.erase(it);
 }
 
 void ServerCore::dropped(DropReason reason, std::string_view why) {
