@@ -497,7 +497,64 @@ TEST(CodecHostileTest, ElementLimits) {
                   limits);
 }
 
-// The parse state a thread keeps between decodes starts afresh after each failure.
+// An envelope keeps a small top-level array's items inline; every other top level is whole,
+// and both decode as decodeValue does.
+TEST(CodecTest, EnvelopeKeepsSmallTopLevelArraysInline) {
+  using detail::decodeEnvelope;
+  using detail::Envelope;
+  const Array five{0, 7, "echo", Array{Value(std::string(40, 'p'))}, Value(Map{})};
+  Envelope small;
+  ASSERT_TRUE(decodeEnvelope(encodeValue(Value(five)), DecodeLimits{}, small).isOk());
+  EXPECT_TRUE(small.isArray());
+  EXPECT_EQ(Array(small.items().begin(), small.items().end()), five);
+  EXPECT_TRUE(small.whole().isNil());  // nothing was built there
+
+  Array six = five;
+  six.emplace_back("extra");
+  Envelope large;
+  ASSERT_TRUE(decodeEnvelope(encodeValue(Value(six)), DecodeLimits{}, large).isOk());
+  EXPECT_EQ(large.whole(), Value(six));
+  EXPECT_EQ(Array(large.items().begin(), large.items().end()), six);
+
+  Envelope empty;
+  ASSERT_TRUE(decodeEnvelope(encodeValue(Value(Array{})), DecodeLimits{}, empty).isOk());
+  EXPECT_TRUE(empty.isArray());
+  EXPECT_TRUE(empty.items().empty());
+
+  Envelope scalar;
+  ASSERT_TRUE(decodeEnvelope(encodeValue(Value("text")), DecodeLimits{}, scalar).isOk());
+  EXPECT_FALSE(scalar.isArray());
+  EXPECT_TRUE(scalar.items().empty());
+  EXPECT_EQ(scalar.whole(), Value("text"));
+}
+
+TEST(CodecHostileTest, EnvelopeChecksTheLimitsOfItsInlineArray) {
+  using detail::decodeEnvelope;
+  using detail::Envelope;
+  const auto errorOf = [](const Value& value, const DecodeLimits& limits) {
+    Envelope envelope;
+    Status status = decodeEnvelope(encodeValue(value), limits, envelope);
+    EXPECT_EQ(status.code(), StatusCode::kProtocolError) << status;
+    EXPECT_EQ(decodeValue(encodeValue(value), limits).status(), status);  // the same error
+    return status.message();
+  };
+  DecodeLimits limits;
+  limits.maxArray = 3;
+  EXPECT_NE(errorOf(Value(Array{1, 2, 3, 4}), limits).find("array longer than the limit of 3"),
+            std::string::npos);
+  limits = DecodeLimits{};
+  limits.maxDepth = 1;
+  EXPECT_EQ(errorOf(Value(Array{1, Array{2}}), limits),
+            "MessagePack nesting deeper than the limit of 1");
+  limits.maxDepth = 0;
+  EXPECT_EQ(errorOf(Value(Array{1}), limits), "MessagePack nesting deeper than the limit of 0");
+  Envelope truncated;
+  const std::string bytes = encodeValue(Value(Array{1, "two", 3}));
+  EXPECT_EQ(decodeEnvelope(bytes.substr(0, bytes.size() - 1), DecodeLimits{}, truncated).message(),
+            "truncated MessagePack data");
+}
+
+// A decode after a failed one starts afresh.
 TEST(CodecHostileTest, ADecodeAfterAFailedOneStartsAfresh) {
   DecodeLimits limits;
   limits.maxString = 4;

@@ -86,14 +86,18 @@ Status protocolError(std::string message) {
   return Status(StatusCode::kProtocolError, std::move(message));
 }
 
+}  // namespace
+
 // Builds a Value straight from msgpack-c's parse events (no msgpack::object tree, no zone),
 // checking `limits` as each header arrives; the first violation stops the parse and is kept in
 // error(). Containers are reserved at their declared size, so a slot pointer into one stays
-// valid while it fills.
+// valid while it fills. Given an Envelope, a small top-level array fills its inline items.
 class ValueBuilder {
  public:
-  ValueBuilder(Value& root, const DecodeLimits& limits, size_t messageBytes)
+  ValueBuilder(Value& root, const DecodeLimits& limits, size_t messageBytes,
+               Envelope* envelope = nullptr)
       : slot_(&root),
+        envelope_(envelope),
         limits_(limits),
         // Each element takes at least one byte (a pair two): a header declaring more than the
         // message can hold is malformed, rejected before anything of its size is reserved.
@@ -133,10 +137,18 @@ class ValueBuilder {
   }
 
   bool start_array(uint32_t size) {
+    if (envelope_ && open_.empty() && size <= Envelope::kInlineItems) {
+      if (!checkOpen(size, maxArray_, "array longer", "elements")) return false;
+      envelope_->inline_ = true;
+      open_.push_back(nullptr);  // stands for the envelope's inline items
+      return true;
+    }
     return open<Array>(size, maxArray_, "array longer", "elements");
   }
   bool start_array_item() {
-    slot_ = &open_.back()->asArray().emplace_back();
+    Value* array = open_.back();
+    slot_ = array ? &array->asArray().emplace_back()
+                  : &envelope_->inlineItems_[envelope_->size_++];
     return true;
   }
   bool end_array_item() { return true; }
@@ -171,6 +183,15 @@ class ValueBuilder {
   // next: one more level of nesting (a scalar has depth 0, [1] depth 1).
   template <typename Container>
   bool open(uint32_t size, size_t max, std::string_view tooBig, std::string_view unit) {
+    if (!checkOpen(size, max, tooBig, unit)) return false;
+    Container container;
+    container.reserve(size);
+    *slot_ = Value(std::move(container));
+    open_.push_back(slot_);
+    return true;
+  }
+  // Whether a container of `size` may open here: at most `max` `unit`s, within the depth limit.
+  bool checkOpen(uint32_t size, size_t max, std::string_view tooBig, std::string_view unit) {
     if (size > max) {
       return fail("MessagePack " + std::string(tooBig) + " than the limit of " +
                   std::to_string(max) + " " + std::string(unit) + " (or than the message)");
@@ -178,10 +199,6 @@ class ValueBuilder {
     if (open_.size() + 1 > maxDepth_) {
       return fail("MessagePack nesting deeper than the limit of " + std::to_string(maxDepth_));
     }
-    Container container;
-    container.reserve(size);
-    *slot_ = Value(std::move(container));
-    open_.push_back(slot_);
     return true;
   }
   bool close() {
@@ -194,7 +211,9 @@ class ValueBuilder {
   }
 
   Value* slot_;                // where the next item goes
-  // the containers being filled, outermost first (inline up to the nesting of an envelope)
+  Envelope* const envelope_;   // null, or where a small top-level array's items go
+  // the containers being filled, outermost first (inline up to the nesting of an envelope);
+  // null stands for the envelope's inline items
   boost::container::small_vector<Value*, 8> open_;
   const DecodeLimits& limits_;
   const size_t maxArray_;
@@ -202,8 +221,6 @@ class ValueBuilder {
   const size_t maxDepth_;
   Status error_ = Status::ok();
 };
-
-}  // namespace
 
 void encodeValue(const Value& value, std::string& out) {
   StringWriter writer{out};
@@ -250,15 +267,19 @@ void encodeArray(const Array& array, std::string& out) {
   packArray(packer, out, array);
 }
 
-Result<Value> decodeValue(std::string_view bytes, const DecodeLimits& limits) {
+namespace {
+
+// The one parse behind decodeValue and decodeEnvelope: into `root`, or a small top-level array
+// into `envelope`'s inline items when one is given.
+Status parseInto(std::string_view bytes, const DecodeLimits& limits, Value& root,
+                 Envelope* envelope) {
   if (bytes.size() > limits.maxMessageBytes) {
     return protocolError("message of " + std::to_string(bytes.size()) +
                          " bytes exceeds the limit of " + std::to_string(limits.maxMessageBytes) +
                          " bytes");
   }
   if (bytes.empty()) return protocolError("empty message");
-  Value value;
-  ValueBuilder builder(value, limits, bytes.size());
+  ValueBuilder builder(root, limits, bytes.size(), envelope);
   size_t offset = 0;
   try {
     if (!msgpack::parse(bytes.data(), bytes.size(), offset, builder)) {
@@ -274,7 +295,19 @@ Result<Value> decodeValue(std::string_view bytes, const DecodeLimits& limits) {
     return protocolError(std::to_string(bytes.size() - offset) +
                          " trailing bytes after the MessagePack object");
   }
+  return Status::ok();
+}
+
+}  // namespace
+
+Result<Value> decodeValue(std::string_view bytes, const DecodeLimits& limits) {
+  Value value;
+  if (Status parsed = parseInto(bytes, limits, value, nullptr); !parsed) return parsed;
   return value;
+}
+
+Status decodeEnvelope(std::string_view bytes, const DecodeLimits& limits, Envelope& out) {
+  return parseInto(bytes, limits, out.whole_, &out);
 }
 
 }  // namespace switchboard::detail

@@ -2,8 +2,10 @@
 // decoding. msgpack-c is an implementation detail of codec.cc; no header exposes it.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -57,5 +59,31 @@ void encodeArray(const Array& array, std::string& out);
 // than the message has bytes, nor a map more pairs than half of them); bytes follow the object;
 // or the data holds an ext type, which this protocol does not use.
 Result<Value> decodeValue(std::string_view bytes, const DecodeLimits& limits = DecodeLimits{});
+
+// A decoded message's top level. An array of at most kInlineItems elements (every wire envelope)
+// keeps them here, with no array allocated; anything else is whole, as decodeValue builds it.
+class Envelope {
+ public:
+  static constexpr size_t kInlineItems = 5;
+  // The top-level array's elements, inline or in whole; empty when the top level is no array.
+  std::span<Value> items() {
+    if (inline_) return {inlineItems_.data(), size_};
+    if (whole_.isArray()) return whole_.asArray();
+    return {};
+  }
+  bool isArray() const { return inline_ || whole_.isArray(); }
+  const Value& whole() const { return whole_; }  // meaningful when the items are not inline
+
+ private:
+  friend Status decodeEnvelope(std::string_view, const DecodeLimits&, Envelope&);
+  friend class ValueBuilder;
+  std::array<Value, kInlineItems> inlineItems_;
+  size_t size_ = 0;
+  bool inline_ = false;
+  Value whole_;
+};
+
+// Decodes `bytes` as decodeValue does, with the same limits and errors, into `out` (fresh).
+Status decodeEnvelope(std::string_view bytes, const DecodeLimits& limits, Envelope& out);
 
 }  // namespace switchboard::detail

@@ -4,6 +4,7 @@
 
 #include <iterator>
 #include <limits>
+#include <span>
 
 namespace switchboard::detail {
 namespace {
@@ -129,7 +130,7 @@ Result<uint32_t> decodeMsgid(std::string_view kind, const Value& v) {
   return static_cast<uint32_t>(*id);
 }
 
-Status checkArity(std::string_view kind, const Array& a, size_t min, size_t max) {
+Status checkArity(std::string_view kind, std::span<const Value> a, size_t min, size_t max) {
   if (a.size() >= min && a.size() <= max) return Status::ok();
   std::string expected = std::to_string(min);
   if (max != min) expected += " or " + std::to_string(max);
@@ -249,7 +250,7 @@ Status decodeError(const Value& v) {
 
 // Each decodeX below gets the envelope array, its arity not yet checked beyond the kind.
 
-DecodedMessage decodeRequest(Array& a, const DecodeLimits& limits) {
+DecodedMessage decodeRequest(std::span<Value> a, const DecodeLimits& limits) {
   constexpr std::string_view kKind = "request";
   std::optional<uint32_t> msgid;
   if (a.size() >= 2) {
@@ -275,7 +276,7 @@ DecodedMessage decodeRequest(Array& a, const DecodeLimits& limits) {
   return WireMessage(std::move(m));
 }
 
-DecodedMessage decodeResponse(Array& a) {
+DecodedMessage decodeResponse(std::span<Value> a) {
   constexpr std::string_view kKind = "response";
   if (Status s = checkArity(kKind, a, 4, 4); !s) return DecodeError{std::move(s), std::nullopt};
   auto msgid = decodeMsgid(kKind, a[1]);
@@ -287,7 +288,7 @@ DecodedMessage decodeResponse(Array& a) {
   return WireMessage(std::move(m));
 }
 
-DecodedMessage decodeNotification(Array& a, const DecodeLimits& limits) {
+DecodedMessage decodeNotification(std::span<Value> a, const DecodeLimits& limits) {
   constexpr std::string_view kKind = "notification";
   if (Status s = checkArity(kKind, a, 3, 4); !s) return DecodeError{std::move(s), std::nullopt};
   NotificationMessage m;
@@ -307,7 +308,7 @@ DecodedMessage decodeNotification(Array& a, const DecodeLimits& limits) {
 
 // Heartbeat and cancel: [kind, msgid].
 template <typename M>
-DecodedMessage decodeMsgidOnly(std::string_view kind, const Array& a) {
+DecodedMessage decodeMsgidOnly(std::string_view kind, std::span<const Value> a) {
   if (Status s = checkArity(kind, a, 2, 2); !s) return DecodeError{std::move(s), std::nullopt};
   auto msgid = decodeMsgid(kind, a[1]);
   if (!msgid) return DecodeError{msgid.status(), std::nullopt};
@@ -353,15 +354,14 @@ std::string encodeMessage(const WireMessage& message) {
 }
 
 DecodedMessage decodeMessage(std::string_view bytes, const DecodeLimits& limits) {
-  auto decoded = decodeValue(bytes, limits);
-  if (!decoded) return DecodeError{decoded.status(), std::nullopt};
-  Value& envelope = decoded.value();
+  Envelope envelope;
+  if (Status s = decodeEnvelope(bytes, limits, envelope); !s) return DecodeError{s, std::nullopt};
   if (!envelope.isArray()) {
     return DecodeError{protocolError("message must be an array, got " +
-                                     std::string(Value::typeName(envelope.type()))),
+                                     std::string(Value::typeName(envelope.whole().type()))),
                        std::nullopt};
   }
-  Array& a = envelope.asArray();
+  const std::span<Value> a = envelope.items();
   if (a.empty()) {
     return DecodeError{protocolError("message must not be an empty array"), std::nullopt};
   }
