@@ -60,7 +60,15 @@ constexpr size_t kMaxWindow = 256;
 constexpr size_t kWindows[] = {1, 16, kMaxWindow};
 constexpr uint64_t kCastBatch = 256;        // casts sent between two barrier calls
 constexpr size_t kCastBatchesInFlight = 2;  // batches sent and not yet passed by their barrier
-constexpr size_t kFiguresPerMeasurement = 1 + std::size(kWindows) + 1;  // latency, windows, casts
+
+// The figures of one measurement, as --figures names them: latency, w1, w16, w256, casts.
+std::string windowFigureName(size_t window) { return "w" + std::to_string(window); }
+std::vector<std::string> figureNames() {
+  std::vector<std::string> names = {"latency"};
+  for (size_t window : kWindows) names.push_back(windowFigureName(window));
+  names.push_back("casts");
+  return names;
+}
 
 // The run's time plan: the default --seconds-per-figure divides kRunTarget, less the setup
 // allowances, among the figures; the hard bound is kHardBoundFactor times the planned time.
@@ -900,6 +908,7 @@ struct Bounds {
 };
 
 struct LatencyFigure {
+  bool selected = true;  // false: left out by --figures (and not measured)
   uint64_t calls = 0;  // answered
   uint64_t errors = 0;
   double p50Micros = 0;
@@ -908,6 +917,7 @@ struct LatencyFigure {
 };
 
 struct RateFigure {
+  bool selected = true;  // false: left out by --figures (and not measured)
   uint64_t calls = 0;  // answered calls, or casts the server took and handled
   uint64_t errors = 0;
   double seconds = 0;
@@ -1072,13 +1082,21 @@ struct Plan {
   std::vector<std::string> transports;
   std::vector<ServerKind> servers;  // the floor first
   std::vector<size_t> payloads;
+  std::vector<std::string> figures;  // of figureNames(), in any order
   Duration perFigure{};
   uint64_t maxCalls = 0;
   size_t warmupCalls = 0;
   Deadline hardDeadline;  // no wait outlives it
 
+  bool wants(std::string_view figure) const {
+    return std::find(figures.begin(), figures.end(), figure) != figures.end();
+  }
   size_t serverCount() const { return transports.size() * servers.size(); }
-  size_t figureCount() const { return serverCount() * payloads.size() * kFiguresPerMeasurement; }
+  size_t figureCount() const {
+    size_t selected = 0;
+    for (const std::string& name : figureNames()) selected += wants(name) ? 1 : 0;
+    return serverCount() * payloads.size() * selected;
+  }
 };
 
 // One server kind on one transport with one payload.
@@ -1217,21 +1235,47 @@ class ServerBench {
     return measureFigure();
   }
 
-  // The warm-up's failures count as the latency figure's.
+  // `measureFigure()` when the plan selected `name`, else a figure marked left out.
+  template <typename MeasureFigure>
+  auto runIfSelected(std::string_view name, const MeasureFigure& measureFigure) const {
+    using Figure = decltype(measureFigure());
+    if (!plan_.wants(name)) {
+      Figure leftOut;
+      leftOut.selected = false;
+      return leftOut;
+    }
+    return runOrSkip(measureFigure);
+  }
+
+  // The warm-up (whatever figures follow) counts its failures as the latency figure's, or as
+  // the first selected one's.
   void measure(EchoClient& client, const RunningServer& server, const Payload& payload,
                Measurement& m) {
     const LatencyFigure warmup = measureLatency(
         client, payload,
         boundsFor(plan_.warmupCalls, std::min<Duration>(plan_.perFigure, kWarmupTime)));
-    m.latency = runOrSkip([&] { return measureLatency(client, payload, nextBounds()); });
-    if (warmup.errors > 0 && m.latency.errors == 0)
-      m.latency.firstError = "warm-up: " + warmup.firstError;
-    m.latency.errors += warmup.errors;
+    m.latency =
+        runIfSelected("latency", [&] { return measureLatency(client, payload, nextBounds()); });
     for (size_t window : kWindows) {
-      m.windows.push_back(runOrSkip(
-          [&] { return measureThroughput(client, server, payload, window, nextBounds()); }));
+      m.windows.push_back(runIfSelected(windowFigureName(window), [&] {
+        return measureThroughput(client, server, payload, window, nextBounds());
+      }));
     }
-    m.casts = runOrSkip([&] { return measureCasts(client, server, payload, nextBounds()); });
+    m.casts = runIfSelected(
+        "casts", [&] { return measureCasts(client, server, payload, nextBounds()); });
+    if (warmup.errors > 0) chargeWarmup(warmup, m);
+  }
+
+  static void chargeWarmup(const LatencyFigure& warmup, Measurement& m) {
+    const auto charge = [&warmup](auto& figure) {
+      if (figure.errors == 0) figure.firstError = "warm-up: " + warmup.firstError;
+      figure.errors += warmup.errors;
+    };
+    if (m.latency.selected) return charge(m.latency);
+    for (RateFigure& window : m.windows) {
+      if (window.selected) return charge(window);
+    }
+    charge(m.casts);  // --figures names at least one figure
   }
 
   const Plan& plan_;
@@ -1443,16 +1487,22 @@ std::string reportJson(const Plan& plan, const std::vector<Measurement>& all, Du
       results.push_back(Value(std::move(json)));
       continue;
     }
+    // Only the figures --figures selected.
     const Measurement* floor = m.server == ServerKind::kFloor ? nullptr : floorOf(all, m);
-    json.emplace_back("latency", latencyJson(m.latency, floor ? &floor->latency : nullptr));
+    if (m.latency.selected) {
+      json.emplace_back("latency", latencyJson(m.latency, floor ? &floor->latency : nullptr));
+    }
     Array windows;
     for (size_t i = 0; i < m.windows.size(); ++i) {
+      if (!m.windows[i].selected) continue;
       const RateFigure* floorWindow =
           floor && i < floor->windows.size() ? &floor->windows[i] : nullptr;
       windows.push_back(rateJson(m.windows[i], floorWindow, "call", kWindows[i]));
     }
-    json.emplace_back("throughput", Value(std::move(windows)));
-    json.emplace_back("cast", rateJson(m.casts, floor ? &floor->casts : nullptr, "cast", {}));
+    if (!windows.empty()) json.emplace_back("throughput", Value(std::move(windows)));
+    if (m.casts.selected) {
+      json.emplace_back("cast", rateJson(m.casts, floor ? &floor->casts : nullptr, "cast", {}));
+    }
     results.push_back(Value(std::move(json)));
   }
   Map report{{"seconds_per_figure", rounded(seconds(plan.perFigure), 4)},
@@ -1582,6 +1632,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> transports = {"tcp", "ipc", "inproc"};
   std::vector<std::string> executors = {"threadpool", "blocking", "eventloop"};
   std::vector<size_t> payloads = {32, 4096};
+  std::vector<std::string> figures = figureNames();
   double secondsPerFigure = 0;
   std::vector<std::string> serve;
   app.add_flag("--json", json, "print one JSON object with every figure and ratio");
@@ -1598,6 +1649,12 @@ int main(int argc, char** argv) {
   app.add_option("--payloads", payloads, "comma-separated payload sizes in bytes")
       ->delimiter(',')
       ->check(CLI::Range(size_t{1}, size_t{1} << 20))
+      ->capture_default_str();
+  app.add_option("--figures", figures,
+                 "comma-separated figures to measure (the others print as -): latency, w1, w16, "
+                 "w256 (calls per second with W outstanding), casts")
+      ->delimiter(',')
+      ->check(CLI::IsMember(figureNames()))
       ->capture_default_str();
   app.add_option("--seconds-per-figure", secondsPerFigure,
                  "time bound of each figure (default: about 60 s for the whole run)")
@@ -1620,6 +1677,7 @@ int main(int argc, char** argv) {
     }
   }
   plan.payloads = payloads;
+  plan.figures = figures;
   plan.maxCalls = quick ? kQuickCallsPerFigure : kMaxCallsPerFigure;
   plan.warmupCalls = quick ? kQuickWarmupCalls : kWarmupCalls;
   const auto servers = static_cast<int64_t>(plan.serverCount());
