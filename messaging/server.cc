@@ -31,8 +31,8 @@ struct CallKeyHash {
 };
 
 // The cancel flags of the calls in flight, found by CallKey. In shards, so that pool threads
-// registering and answering calls seldom wait for one another (one mutex for every call was the
-// most contended lock of a busy thread-pool server).
+// registering and answering calls seldom wait for one another (under load they slept on a single
+// mutex for every call).
 class CallRegistry {
  public:
   // A later call with the same key takes the entry over; remove() then leaves it.
