@@ -344,7 +344,7 @@ void NetworkCore::startConnectionLocked(int s, StartReason reason, Effects& fx) 
   }
   Result<std::unique_ptr<ClientChannel>> channel = connector_.open(
       server.url,
-      [weak, connection](std::span<std::string> replies) {
+      [weak, connection](std::span<const std::string_view> replies) {
         CallbackScope scope(nullptr);
         if (std::shared_ptr<NetworkCore> self = weak.lock()) {
           scope.enter(self.get());
@@ -888,17 +888,23 @@ void NetworkCore::expireLocked(Effects& fx) {
 
 // ----- what the channels report
 
-void NetworkCore::onReplies(uint64_t connection, std::span<std::string> replies) {
-  // Decoded before the lock; then the whole batch under one turn of it.
-  boost::container::small_vector<DecodedMessage, 1> decoded;
-  decoded.reserve(replies.size());
-  for (const std::string& bytes : replies) decoded.push_back(decodeMessage(bytes, limits_));
-  Effects fx;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (DecodedMessage& reply : decoded) onReplyLocked(connection, reply, fx);
+void NetworkCore::onReplies(uint64_t connection, std::span<const std::string_view> replies) {
+  // Chunks of kReplyChunk, each decoded on the stack before the lock, then handled under one
+  // turn of it, its outcomes run after it. No allocation per batch: one of a batch's size would
+  // be a large request, for which glibc first consolidates all of its fast bins.
+  for (size_t first = 0; first < replies.size(); first += kReplyChunk) {
+    boost::container::small_vector<DecodedMessage, kReplyChunk> decoded;
+    for (std::string_view bytes : replies.subspan(first).first(
+             std::min(kReplyChunk, replies.size() - first))) {
+      decoded.push_back(decodeMessage(bytes, limits_));
+    }
+    Effects fx;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (DecodedMessage& reply : decoded) onReplyLocked(connection, reply, fx);
+    }
+    finish(fx);
   }
-  finish(fx);
 }
 
 void NetworkCore::onReplyLocked(uint64_t connection, DecodedMessage& decoded, Effects& fx) {

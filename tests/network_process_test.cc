@@ -235,7 +235,7 @@ TEST_F(NetworkProcessTest, StopLeavesNoThreadOrDescriptorBehind) {
       // Starts the context's threads: a channel made and dropped.
       Result<std::unique_ptr<Transport>> warm = factory->makeTransport(b_.url());
       ASSERT_OK(warm.status());
-      ASSERT_OK((*warm)->openChannel([](std::span<std::string>) {}).status());
+      ASSERT_OK((*warm)->openChannel([](std::span<const std::string_view>) {}).status());
     }
     const size_t threadsWithContext = testing::countEntries("/proc/self/task");
     {

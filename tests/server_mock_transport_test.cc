@@ -516,7 +516,9 @@ struct MockedClient {
   StrictMock<MockTransport> transport;
   StrictMock<MockClientChannel>* channel = nullptr;  // owned by the client once created
   // Hands `bytes` to the client's reply callback, as a transport would.
-  void deliver(std::string bytes) { replyCallback(std::span<std::string>(&bytes, 1)); }
+  void deliver(std::string_view bytes) {
+    replyCallback(std::span<const std::string_view>(&bytes, 1));
+  }
 
   ReplyCallback replyCallback;  // the client's
 };

@@ -66,7 +66,8 @@ class InMemoryChannelState {
       }
     } leave{this, tRunningChannel};
     tRunningChannel = this;
-    onReply_(std::span<std::string>(&bytes, 1));
+    const std::string_view reply = bytes;
+    onReply_(std::span<const std::string_view>(&reply, 1));
     return true;
   }
 

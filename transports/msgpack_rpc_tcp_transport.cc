@@ -719,7 +719,8 @@ class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
         return lost(why);
       }
       std::lock_guard<std::mutex> lock(callbackMutex_);
-      if (callbacksOn_ && onReply_) onReply_(std::span<std::string>(&message, 1));
+      const std::string_view reply = message;
+      if (callbacksOn_ && onReply_) onReply_(std::span<const std::string_view>(&reply, 1));
     }
     read(generation);
   }

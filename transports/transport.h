@@ -71,9 +71,10 @@ class Listener {
 };
 
 // Receives replies sent to a ClientChannel: one or more, in the order they arrived, as a batch
-// the transport took at once (the callee may move from them). Runs on a transport thread (or the
-// replier's); it must be quick and must not destroy the channel it belongs to.
-using ReplyCallback = std::function<void(std::span<std::string> replies)>;
+// the transport took at once. The views are valid until it returns (a transport may lend its
+// receive buffers). Runs on a transport thread (or the replier's); it must be quick and must not
+// destroy the channel it belongs to.
+using ReplyCallback = std::function<void(std::span<const std::string_view> replies)>;
 
 // What a channel learns about its link to the peer, where the transport can tell (ZeroMQ's
 // socket monitor can; the in-memory transport has no links and reports nothing).

@@ -642,12 +642,12 @@ class ZmqChannel final : public ClientChannel {
   static constexpr size_t kReceiveBatch = 256;  // replies taken per turn of the mutex
   static constexpr long kErrorRetryMs = 100;
 
-  // Under mutex_, sends what waits and takes what arrived; without it, hands the replies to
-  // onReply_ and sleeps on the dealer's ZMQ_FD, the waker and the monitor.
+  // Under mutex_, sends what waits and takes what arrived; without it, lends the replies' frames
+  // to onReply_ and sleeps on the dealer's ZMQ_FD, the waker and the monitor.
   void ioLoop() {
-    std::vector<std::string> replies;
+    std::vector<zmq::message_t> replies;  // the body frames taken in one turn
+    std::vector<std::string_view> views;  // of replies, for onReply_
     for (;;) {
-      replies.clear();
       Deadline next = kNoDeadline;
       int socketFd = -1;
       bool readable = false;
@@ -676,7 +676,7 @@ class ZmqChannel final : public ClientChannel {
         while (replies.size() < kReceiveBatch &&
                dealer_.recv(frame, zmq::recv_flags::dontwait)) {
           while (frame.more()) (void)dealer_.recv(frame);  // the body is the last frame
-          replies.push_back(frame.to_string());
+          replies.push_back(std::move(frame));
         }
         readable = isReadable(dealer_);
         socketFd = dealer_.get(zmq::sockopt::fd);
@@ -689,8 +689,14 @@ class ZmqChannel final : public ClientChannel {
         }
         if (e.num() != EINTR) shared_->options_.log(LogLevel::kError, "zmq", e.what());
       }
-      if (onReply_ && !replies.empty()) onReply_(replies);
-      if (readable || !replies.empty()) continue;  // look again before sleeping
+      const bool received = !replies.empty();
+      if (onReply_ && received) {
+        for (const zmq::message_t& reply : replies) views.push_back(reply.to_string_view());
+        onReply_(views);
+      }
+      views.clear();
+      replies.clear();  // no frame is held while the thread sleeps
+      if (readable || received) continue;  // look again before sleeping
       // After a socket error (socketFd -1, which poll ignores) it looks again in a while.
       const long timeout = socketFd < 0 ? kErrorRetryMs : pollTimeoutMs(next);
       try {

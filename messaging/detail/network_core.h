@@ -118,10 +118,13 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
     bool operator>(const Expiry& other) const { return at > other.at; }
   };
 
+  // Replies decoded and handled per turn of the lock (see onReplies).
+  static constexpr size_t kReplyChunk = 16;
+
   // What a locked section decided to do once the lock is released.
   struct Effects {
-    // One inline: a reply or a call ends one call without allocating.
-    boost::container::small_vector<std::pair<RawOutcome, Result<Value>>, 1> outcomes;
+    // A chunk of replies, or a call, ends its calls without allocating.
+    boost::container::small_vector<std::pair<RawOutcome, Result<Value>>, kReplyChunk> outcomes;
   };
 
   enum class StartReason { kWanted, kRetryTimer };
@@ -166,7 +169,8 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
   void closeIfDrainedLocked(int s, Effects& fx);
   int serverOf(uint64_t connection) const;
 
-  void onReplies(uint64_t connection, std::span<std::string> replies);
+  // The caller holds a handle to this core (outcomes run in between may drop the others).
+  void onReplies(uint64_t connection, std::span<const std::string_view> replies);
   // One reply of a batch; it may close `connection`, whose later replies then count late.
   void onReplyLocked(uint64_t connection, DecodedMessage& decoded, Effects& fx);
   void onLink(uint64_t connection, LinkEvent event, std::string_view detail);

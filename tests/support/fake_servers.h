@@ -97,7 +97,8 @@ class FakeServers final : public Connector {
       Server& s = servers_[server];
       callback = s.connections.at(connection == 0 ? s.connections.size() - 1 : connection - 1).onReply;
     }
-    callback(std::span<std::string>(&bytes, 1));
+    const std::string_view reply = bytes;
+    callback(std::span<const std::string_view>(&reply, 1));
   }
   void link(const std::string& server, LinkEvent event, int connection = 0) {
     LinkCallback callback;

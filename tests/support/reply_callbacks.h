@@ -12,8 +12,8 @@ namespace switchboard::testing {
 
 // Calls `each` with every reply of a batch, in order.
 inline ReplyCallback eachReply(std::function<void(std::string bytes)> each) {
-  return [each = std::move(each)](std::span<std::string> replies) {
-    for (std::string& bytes : replies) each(std::move(bytes));
+  return [each = std::move(each)](std::span<const std::string_view> replies) {
+    for (std::string_view bytes : replies) each(std::string(bytes));
   };
 }
 
