@@ -370,6 +370,7 @@ Status ServerCore::poll(Deadline deadline, std::vector<TaskPtr>& out) {
   for (IncomingPtr& message : incoming_) {
     received_.fetch_add(1, std::memory_order_relaxed);
     DecodedMessage decoded = decodeMessage(message->body(), limits_);
+    message->releaseBody();
     if (!decoded) {
       const DecodeError& error = decoded.error();
       if (error.msgid) {

@@ -140,6 +140,19 @@ TYPED_TEST(TransportContractTest, SendReachesTheListenerAndTheReplyComesBack) {
   EXPECT_EQ(this->replies(), std::vector<std::string>{reply(1)});
 }
 
+TYPED_TEST(TransportContractTest, AMessageWhoseBodyWasReleasedStillReplies) {
+  auto channel = this->channel();
+  ASSERT_OK(channel->send(this->address(), request(1), deadlineAfter(kDefaultWait)));
+  std::vector<IncomingPtr> in = this->take(1);
+  ASSERT_EQ(in.size(), 1u);
+  const std::string peer(in[0]->peer());
+  in[0]->releaseBody();
+  EXPECT_EQ(in[0]->peer(), peer);
+  ASSERT_OK(in[0]->reply(reply(1)));
+  ASSERT_TRUE(this->replied_.waitFor(1));
+  EXPECT_EQ(this->replies(), std::vector<std::string>{reply(1)});
+}
+
 TYPED_TEST(TransportContractTest, ManyMessagesInFlightEachGetTheirReply) {
   constexpr uint32_t kMessages = 300;
   auto channel = this->channel();

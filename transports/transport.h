@@ -28,8 +28,12 @@ class IncomingMessage {
   IncomingMessage(const IncomingMessage&) = delete;
   IncomingMessage& operator=(const IncomingMessage&) = delete;
 
-  // The bytes the sender sent; valid while the message lives.
+  // The bytes the sender sent; valid while the message lives, until releaseBody().
   virtual std::string_view body() const = 0;
+  // The taker is done with body(), which it must not call again: the transport may free the
+  // bytes now, on the calling thread, rather than with the message (on whichever thread ends
+  // it, maybe after a long call). Everything else still works.
+  virtual void releaseBody() {}
   // Sends `bytes` back to the channel the message came from. Never blocks. A sender that is gone
   // is not an error of the replier: the reply is dropped and counted by the transport.
   virtual Status reply(std::string bytes) = 0;

@@ -465,14 +465,15 @@ class ZmqListenerCore final : public PolledSocket {
 class ZmqIncoming final : public IncomingMessage {
  public:
   ZmqIncoming(std::shared_ptr<ZmqListenerCore> core, RoutingFrames routing,
-              std::string body, std::string identity)
+              zmq::message_t body, std::string identity)
       : core_(std::move(core)),
         routing_(std::move(routing)),
         body_(std::move(body)),
         identity_(std::move(identity)) {
     peer_ = "zmq:" + hexOf(routing_.front());
   }
-  std::string_view body() const override { return body_; }
+  std::string_view body() const override { return body_.to_string_view(); }
+  void releaseBody() override { body_ = zmq::message_t(); }
   Status reply(std::string bytes) override { return core_->reply(routing_, std::move(bytes)); }
   void acknowledge() override {}
   std::string_view peer() const override { return peer_; }
@@ -481,9 +482,11 @@ class ZmqIncoming final : public IncomingMessage {
  private:
   std::shared_ptr<ZmqListenerCore> core_;
   RoutingFrames routing_;
-  // A copy: a received frame may share one of libzmq's decode buffers with other messages, which
-  // a request kept for a long call would pin.
-  std::string body_;
+  // The frame as received, until releaseBody(): it may share one of libzmq's decode buffers
+  // with other messages, which a request kept for a long call would pin, and it was written on
+  // libzmq's I/O thread (by libsodium, with CURVE), which TSan cannot see. The server releases
+  // it right after decoding, on the receiving thread.
+  zmq::message_t body_;
   std::string peer_;
   std::string identity_;  // the CURVE client's key the ZAP handler admitted; empty when plain
 };
@@ -539,7 +542,7 @@ class ZmqListener final : public Listener {
         }
       }
       out.push_back(std::make_unique<ZmqIncoming>(core_, std::move(routing),
-                                                  frames_.back().to_string(), std::move(identity)));
+                                                  std::move(frames_.back()), std::move(identity)));
       shared.received_.fetch_add(1, std::memory_order_relaxed);
       ++taken;
     }
