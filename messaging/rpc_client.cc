@@ -16,8 +16,7 @@ namespace switchboard {
 
 namespace detail {
 
-// The exception types a client rebuilds. Shared with the outcome callbacks of its calls, which
-// may run after the client is gone.
+// The exception types a client rebuilds.
 class ExceptionRegistry {
  public:
   void add(std::string typeName, std::function<std::exception_ptr(const std::string&)> factory) {
@@ -44,12 +43,32 @@ const Serializer& passThroughSerializer() {
   return serializer;
 }
 
+// A client's outcomes: results deserialized, remote exceptions rebuilt. Thread-safe.
+class ClientOutcomes final : public OutcomeFilter {
+ public:
+  explicit ClientOutcomes(const Serializer& serializer) : serializer_(serializer) {}
+  Result<Value> apply(Result<Value> outcome) const override {
+    if (!outcome) return exceptions_.rebuild(outcome.status());
+    try {
+      return serializer_.deserializeEntity(Value(), std::move(outcome).value());
+    } catch (const std::exception& e) {
+      return Status(StatusCode::kBadArguments, std::string("serializer: ") + e.what());
+    }
+  }
+  ExceptionRegistry& exceptions() { return exceptions_; }
+
+ private:
+  const Serializer& serializer_;
+  ExceptionRegistry exceptions_;
+};
+
 // State shared by an RpcClient and its prepared copies. Thread-safe.
 class ClientCore {
  public:
   ClientCore(std::shared_ptr<NetworkCore> network, const Serializer* serializer)
       : network_(std::move(network)),
-        serializer_(serializer ? serializer : &passThroughSerializer()) {}
+        serializer_(serializer ? serializer : &passThroughSerializer()),
+        outcomes_(std::make_shared<ClientOutcomes>(*serializer_)) {}
 
   void call(const Target& target, std::string_view method, Array params,
             const RpcClient::Options& options, Deadline deadline, RpcClient::Callback done);
@@ -60,14 +79,15 @@ class ClientCore {
     return timeout >= kNoDeadline - now ? kNoDeadline : now + timeout;
   }
   Network::Stats stats() const { return network_->stats(); }
-  ExceptionRegistry& exceptions() { return *exceptions_; }
+  ExceptionRegistry& exceptions() { return outcomes_->exceptions(); }
 
  private:
   Extension extensionFor(const Target& target, const Context& context) const;
 
   const std::shared_ptr<NetworkCore> network_;
   const Serializer* const serializer_;
-  const std::shared_ptr<ExceptionRegistry> exceptions_ = std::make_shared<ExceptionRegistry>();
+  // Shared with the outcomes of its calls, which may come after this client is gone.
+  const std::shared_ptr<ClientOutcomes> outcomes_;
 };
 
 Extension ClientCore::extensionFor(const Target& target, const Context& context) const {
@@ -95,16 +115,7 @@ void ClientCore::call(const Target& target, std::string_view method, Array param
   call.deadline = deadline;
   call.monitor = options.callMonitorTimeout;
   call.idempotent = options.idempotent;
-  // The outcome may come after this client is gone: it holds what it needs.
-  network_->call(std::move(call), [serializer = serializer_, exceptions = exceptions_,
-                                   done = std::move(done)](Result<Value> outcome) {
-    if (!outcome) return done(exceptions->rebuild(outcome.status()));
-    try {
-      done(serializer->deserializeEntity(Value(), std::move(outcome).value()));
-    } catch (const std::exception& e) {
-      done(Status(StatusCode::kBadArguments, std::string("serializer: ") + e.what()));
-    }
-  });
+  network_->call(std::move(call), RawOutcome{outcomes_, std::move(done)});
 }
 
 Status ClientCore::cast(const Target& target, std::string_view method, Array params,

@@ -28,8 +28,22 @@
 
 namespace switchboard::detail {
 
-// A call's one outcome as the server sent it: its error, or its result not yet deserialized.
-using RawOutcome = std::function<void(Result<Value>)>;
+// What a client makes of each outcome of its calls before its callback gets it (its
+// serializer, its exception types). Shared by the client's calls, which may end after it.
+class OutcomeFilter {
+ public:
+  virtual ~OutcomeFilter() = default;
+  virtual Result<Value> apply(Result<Value> outcome) const = 0;
+};
+
+// Where a call's one outcome goes, as the server sent it (its error, or its result not yet
+// deserialized): to `done`, through `filter`. Two members rather than one closure over both,
+// which std::function would allocate for every call.
+struct RawOutcome {
+  std::shared_ptr<const OutcomeFilter> filter;
+  std::function<void(Result<Value>)> done;
+  void operator()(Result<Value> outcome) const { done(filter->apply(std::move(outcome))); }
+};
 
 struct OutgoingCall {
   Address to;
