@@ -703,7 +703,7 @@ int NetworkCore::selectLocked() {
   return main_;
 }
 
-void NetworkCore::sendLocked(uint32_t id, Pending& call, int s, Effects& fx) {
+void NetworkCore::sendLocked(uint32_t id, Pending& call, int s, Deadline current, Effects& fx) {
   Server& server = servers_[s];
   call.server = s;
   call.connection = server.connection;
@@ -711,7 +711,7 @@ void NetworkCore::sendLocked(uint32_t id, Pending& call, int s, Effects& fx) {
   RequestMessage& request = *call.request;
   request.msgid = id;
   const auto budget =
-      std::chrono::duration_cast<std::chrono::milliseconds>(call.deadline - now()).count();
+      std::chrono::duration_cast<std::chrono::milliseconds>(call.deadline - current).count();
   request.ext.budgetMs = budget > 0 ? static_cast<uint64_t>(budget) : 0;
   std::string bytes;
   encodeMessage(request, bytes);
@@ -726,11 +726,14 @@ void NetworkCore::sendLocked(uint32_t id, Pending& call, int s, Effects& fx) {
 }
 
 void NetworkCore::dispatchWaitingLocked(Effects& fx) {
+  const Deadline current = now();
   while (!waiting_.empty() && main_ >= 0) {
     const uint32_t id = waiting_.front();
     waiting_.pop_front();
     auto it = pending_.find(id);
-    if (it != pending_.end() && it->second.server < 0) sendLocked(id, it->second, selectLocked(), fx);
+    if (it != pending_.end() && it->second.server < 0) {
+      sendLocked(id, it->second, selectLocked(), current, fx);
+    }
   }
 }
 
@@ -743,20 +746,23 @@ void NetworkCore::call(OutgoingCall outgoing, RawOutcome done) {
                                Status(StatusCode::kShuttingDown, "the client is closed"));
     } else {
       const uint32_t id = allocateIdLocked();
+      const Deadline current = now();  // one clock read for the deadline, latency and budget
       Pending call{.done = std::move(done),
                    .to = std::move(outgoing.to),
                    .request = std::move(outgoing.request),
-                   .deadline = outgoing.deadline,
+                   .deadline = outgoing.timeout >= kNoDeadline - current
+                                   ? kNoDeadline
+                                   : current + outgoing.timeout,
                    .monitor = outgoing.monitor,
                    .idempotent = outgoing.idempotent,
                    .sequence = nextSequence_++,
-                   .started = now()};
+                   .started = current};
       Pending& stored = pending_.emplace(id, std::move(call)).first->second;
       setExpiryLocked(id, stored);
       armExpiryLocked();
       const int s = selectLocked();
       if (s >= 0) {
-        sendLocked(id, stored, s, fx);
+        sendLocked(id, stored, s, current, fx);
       } else {
         waiting_.push_back(id);
       }
@@ -797,16 +803,16 @@ void NetworkCore::failLocked(uint32_t id, Status why, Effects& fx) {
   }
   if (why.code() == StatusCode::kPeerLost) peerLost_.fetch_add(1, std::memory_order_relaxed);
   if (why.code() == StatusCode::kTimeout) timeouts_.fetch_add(1, std::memory_order_relaxed);
-  recordOutcomeLocked(call, why.code());
+  recordOutcomeLocked(call, why.code(), now());
   fx.outcomes.emplace_back(std::move(call.done), std::move(why));
   pending_.erase(it);
   // Last: closing the connection fails what else it owed, through here again.
   if (owedBy >= 0 && !stopped_) closeIfDrainedLocked(owedBy, fx);
 }
 
-void NetworkCore::recordOutcomeLocked(const Pending& call, StatusCode code) {
+void NetworkCore::recordOutcomeLocked(const Pending& call, StatusCode code, Deadline ended) {
   outcomes_[static_cast<size_t>(code)].fetch_add(1, std::memory_order_relaxed);
-  callLatency_.record(now() - call.started);
+  callLatency_.record(ended - call.started);
 }
 
 void NetworkCore::retireLocked(Server& server, uint32_t id) {
@@ -901,13 +907,15 @@ void NetworkCore::onReplies(uint64_t connection, std::span<const std::string_vie
     Effects fx;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      for (DecodedMessage& reply : decoded) onReplyLocked(connection, reply, fx);
+      const Deadline received = now();  // one clock read per chunk
+      for (DecodedMessage& reply : decoded) onReplyLocked(connection, reply, received, fx);
     }
     finish(fx);
   }
 }
 
-void NetworkCore::onReplyLocked(uint64_t connection, DecodedMessage& decoded, Effects& fx) {
+void NetworkCore::onReplyLocked(uint64_t connection, DecodedMessage& decoded, Deadline received,
+                                Effects& fx) {
   const int s = serverOf(connection);
   if (s < 0 || stopped_ || (servers_[s].state != ConnectionState::kConnecting &&
                             servers_[s].state != ConnectionState::kConnected)) {
@@ -951,7 +959,7 @@ void NetworkCore::onReplyLocked(uint64_t connection, DecodedMessage& decoded, Ef
     } else if (call != pending_.end() && call->second.connection == connection) {
       Pending& answered = call->second;
       if (server.inFlight > 0) --server.inFlight;
-      recordOutcomeLocked(answered, response->error.code());
+      recordOutcomeLocked(answered, response->error.code(), received);
       fx.outcomes.emplace_back(std::move(answered.done),
                                response->error.isOk() ? Result<Value>(std::move(response->result))
                                                       : Result<Value>(std::move(response->error)));

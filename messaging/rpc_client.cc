@@ -70,14 +70,11 @@ class ClientCore {
         serializer_(serializer ? serializer : &passThroughSerializer()),
         outcomes_(std::make_shared<ClientOutcomes>(*serializer_)) {}
 
+  // Ends `timeout` after the network took it.
   void call(const Target& target, std::string_view method, Array params,
-            const RpcClient::Options& options, Deadline deadline, RpcClient::Callback done);
+            const RpcClient::Options& options, Duration timeout, RpcClient::Callback done);
   Status cast(const Target& target, std::string_view method, Array params,
               const Context& context);
-  Deadline deadlineAfter(Duration timeout) const {
-    const Deadline now = network_->now();
-    return timeout >= kNoDeadline - now ? kNoDeadline : now + timeout;
-  }
   Network::Stats stats() const { return network_->stats(); }
   ExceptionRegistry& exceptions() { return outcomes_->exceptions(); }
 
@@ -99,7 +96,7 @@ Extension ClientCore::extensionFor(const Target& target, const Context& context)
 }
 
 void ClientCore::call(const Target& target, std::string_view method, Array params,
-                      const RpcClient::Options& options, Deadline deadline,
+                      const RpcClient::Options& options, Duration timeout,
                       RpcClient::Callback done) {
   OutgoingCall call;
   call.to = target.address();
@@ -112,7 +109,7 @@ void ClientCore::call(const Target& target, std::string_view method, Array param
         std::chrono::duration_cast<std::chrono::milliseconds>(*options.callMonitorTimeout / 2);
     call.request.ext.callMonitorMs = std::max<int64_t>(interval.count(), 1);
   }
-  call.deadline = deadline;
+  call.timeout = timeout;
   call.monitor = options.callMonitorTimeout;
   call.idempotent = options.idempotent;
   network_->call(std::move(call), RawOutcome{outcomes_, std::move(done)});
@@ -187,7 +184,7 @@ Status RpcClient::checkCall(bool forCall) const {
 
 void RpcClient::callAsync(std::string_view method, Array params, Callback done) const {
   if (Status s = checkCall(true); !s) return done(s);
-  core_->call(target_, method, std::move(params), options_, core_->deadlineAfter(options_.timeout),
+  core_->call(target_, method, std::move(params), options_, options_.timeout,
               std::move(done));
 }
 
@@ -209,7 +206,7 @@ Result<Value> RpcClient::callValue(std::string_view method, Array params) const 
   if (Status s = checkCall(true); !s) return s;
   // The network's clock gives the call's deadline; this thread waits on the steady clock.
   const Deadline giveUp = deadlineAfter(options_.timeout + std::chrono::seconds(1));
-  core_->call(target_, method, std::move(params), options_, core_->deadlineAfter(options_.timeout),
+  core_->call(target_, method, std::move(params), options_, options_.timeout,
               [waiter](Result<Value> outcome) {
                 std::lock_guard<std::mutex> lock(waiter->mutex);
                 waiter->outcome.emplace(std::move(outcome));

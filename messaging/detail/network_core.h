@@ -48,7 +48,7 @@ struct RawOutcome {
 struct OutgoingCall {
   Address to;
   RequestMessage request;  // its msgid is given by the network (again on a replay)
-  Deadline deadline;       // on the network's clock (NetworkCore::now)
+  Duration timeout;        // from when the network takes the call
   std::optional<Duration> monitor;  // the call monitor: see RpcClient::Options
   bool idempotent = false;          // safe to re-send to another server after a failure
 };
@@ -145,7 +145,7 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
 
   void finish(Effects& fx);
   // Counts a call's outcome and records its latency; every ended call passes here once.
-  void recordOutcomeLocked(const Pending& call, StatusCode code);
+  void recordOutcomeLocked(const Pending& call, StatusCode code, Deadline ended);
   void deliverEvents();
   void emitLocked(NetworkEvent::Kind kind, const std::string& server, std::string detail);
   TimerId scheduleLocked(Deadline at, std::function<void(Effects&)> task);
@@ -160,7 +160,8 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
   void closedLocked(int s, uint64_t connection);
   void chooseMainLocked();
   int selectLocked();
-  void sendLocked(uint32_t id, Pending& call, int s, Effects& fx);
+  // `current`: now() read lately, for the deadline budget the request carries.
+  void sendLocked(uint32_t id, Pending& call, int s, Deadline current, Effects& fx);
   void dispatchWaitingLocked(Effects& fx);
   void failLocked(uint32_t id, Status why, Effects& fx);
   void retireLocked(Server& server, uint32_t id);
@@ -185,8 +186,10 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
 
   // The caller holds a handle to this core (outcomes run in between may drop the others).
   void onReplies(uint64_t connection, std::span<const std::string_view> replies);
-  // One reply of a batch; it may close `connection`, whose later replies then count late.
-  void onReplyLocked(uint64_t connection, DecodedMessage& decoded, Effects& fx);
+  // One reply of a batch, received at `received`; it may close `connection`, whose later
+  // replies then count late.
+  void onReplyLocked(uint64_t connection, DecodedMessage& decoded, Deadline received,
+                     Effects& fx);
   void onLink(uint64_t connection, LinkEvent event, std::string_view detail);
   void onPingAnswerLocked(int s, bool handshake, const ResponseMessage& answer, Effects& fx);
 
