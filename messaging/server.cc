@@ -3,10 +3,10 @@
 #include "messaging/server.h"
 
 #include <array>
+#include <boost/intrusive/unordered_set.hpp>
 #include <limits>
 #include <mutex>
 #include <string>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -30,22 +30,33 @@ struct CallKeyHash {
   }
 };
 
-// The cancel flags of the calls in flight, found by CallKey. In shards, so that pool threads
-// registering and answering calls seldom wait for one another (under load they slept on a single
-// mutex for every call).
+// A call in flight as the registry holds it, inside its CallReply: the hook makes registering
+// allocate nothing.
+struct RegisteredCall : boost::intrusive::unordered_set_base_hook<
+                            boost::intrusive::link_mode<boost::intrusive::safe_link>> {
+  explicit RegisteredCall(CallKey key) : key(std::move(key)) {}
+  const CallKey key;
+  std::atomic<bool> cancelled{false};  // set by a CancelMessage for the call
+};
+
+// The calls in flight, found by CallKey. In shards, so that pool threads registering and
+// answering calls seldom wait for one another (under load they slept on a single mutex for
+// every call).
 class CallRegistry {
  public:
-  // A later call with the same key takes the entry over; remove() then leaves it.
-  void add(const CallKey& key, std::atomic<bool>& cancelled) {
-    Shard& shard = shardOf(key);
+  // `call` stays registered until remove(call), and must not go before. A later call with the
+  // same key takes the entry over; remove() then leaves it.
+  void add(RegisteredCall& call) {
+    Shard& shard = shardOf(call.key);
     std::lock_guard<std::mutex> lock(shard.mutex);
-    shard.calls.insert_or_assign(key, &cancelled);
+    if (auto it = shard.calls.find(call.key); it != shard.calls.end()) shard.calls.erase(it);
+    if (shard.calls.size() >= shard.buckets.size()) shard.growLocked();
+    shard.calls.insert(call);
   }
-  void remove(const CallKey& key, const std::atomic<bool>& cancelled) {
-    Shard& shard = shardOf(key);
+  void remove(RegisteredCall& call) {
+    Shard& shard = shardOf(call.key);
     std::lock_guard<std::mutex> lock(shard.mutex);
-    auto it = shard.calls.find(key);
-    if (it != shard.calls.end() && it->second == &cancelled) shard.calls.erase(it);
+    if (call.is_linked()) shard.calls.erase(shard.calls.iterator_to(call));
   }
   // Sets the cancel flag of the call under `key`; false when no such call is in flight.
   bool cancel(const CallKey& key) {
@@ -53,15 +64,31 @@ class CallRegistry {
     std::lock_guard<std::mutex> lock(shard.mutex);
     auto it = shard.calls.find(key);
     if (it == shard.calls.end()) return false;
-    it->second->store(true);
+    it->cancelled.store(true);
     return true;
   }
 
  private:
+  struct KeyOf {
+    using type = CallKey;
+    const CallKey& operator()(const RegisteredCall& call) const { return call.key; }
+  };
+  using CallSet =
+      boost::intrusive::unordered_set<RegisteredCall, boost::intrusive::key_of_value<KeyOf>,
+                                      boost::intrusive::hash<CallKeyHash>,
+                                      boost::intrusive::power_2_buckets<true>>;
   static constexpr size_t kShardBits = 4;
+  static constexpr size_t kInitialBuckets = 8;  // per shard; doubled when as many calls
   struct alignas(64) Shard {  // a cache line each: shards do not share their mutex's line
     std::mutex mutex;
-    std::unordered_map<CallKey, std::atomic<bool>*, CallKeyHash> calls;  // guarded by mutex
+    // guarded by mutex
+    std::vector<CallSet::bucket_type> buckets = std::vector<CallSet::bucket_type>(kInitialBuckets);
+    CallSet calls{CallSet::bucket_traits(buckets.data(), buckets.size())};
+    void growLocked() {
+      std::vector<CallSet::bucket_type> twice(buckets.size() * 2);
+      calls.rehash(CallSet::bucket_traits(twice.data(), twice.size()));
+      buckets.swap(twice);
+    }
   };
   // By the hash's top bits; the maps' buckets use its low ones.
   Shard& shardOf(const CallKey& key) {
@@ -189,23 +216,23 @@ class CallReply final : public ReplySink {
         msgid_(msgid),
         counters_(counters),
         received_(received),
-        key_{std::string(message_->peer()), msgid},
+        registered_(CallKey{std::string(message_->peer()), msgid}),
         work_(std::move(work)) {
-    core_.calls_.add(key_, cancelled_);
+    core_.calls_.add(registered_);
   }
   ~CallReply() override {
-    if (!sent_.load()) core_.calls_.remove(key_, cancelled_);  // destroyed without running
+    if (!sent_.load()) core_.calls_.remove(registered_);  // destroyed without running
   }
 
   // The cancel flag, sharing this reply's lifetime.
   static std::shared_ptr<const std::atomic<bool>> cancellationOf(
       const std::shared_ptr<CallReply>& reply) {
-    return {reply, &reply->cancelled_};
+    return {reply, &reply->registered_.cancelled};
   }
 
   void send(Result<Value> outcome) override {
     if (sent_.exchange(true)) return;
-    core_.calls_.remove(key_, cancelled_);
+    core_.calls_.remove(registered_);
     core_.finishCall(*this, std::move(outcome));
     work_.reset();
   }
@@ -226,9 +253,8 @@ class CallReply final : public ReplySink {
   Context context_;  // for serializeEntity of the result
 
  private:
-  const CallKey key_;
+  RegisteredCall registered_;  // in core_.calls_ until answered
   std::atomic<bool> sent_{false};
-  std::atomic<bool> cancelled_{false};  // set by a CancelMessage for the call
   WorkGuard work_;  // keeps the executor's epoch open until answered
 };
 

@@ -437,6 +437,50 @@ TEST(ServerMockTransportTest, CancelForACallInFlightSetsIsCancelled) {
   EXPECT_EQ(stats.replied, 1u);
 }
 
+// Many calls in flight at once (each shard of the server's registry grows past its first
+// buckets), then a cancel for each: every one is found, and its handler sees it.
+TEST(ServerMockTransportTest, CancelsReachEachOfManyCallsInFlight) {
+  constexpr uint32_t kCalls = 300;
+  NiceMock<MockTransport> transport;
+  Inbox inbox;
+  expectListen(transport, inbox);
+  std::promise<void> cancelsTaken;
+  std::shared_future<void> gate = cancelsTaken.get_future().share();
+  Endpoint ep;
+  ep.method("slow", [gate](CallContext& ctx) {
+    (void)gate.wait_for(kWait);
+    return ctx.isCancelled();
+  });
+  MessageHandlingServer server(transport, serverTarget(), RpcDispatcher({ep}),
+                               testing::ThreadPoolKind::make());
+  ASSERT_OK(server.start());
+
+  std::vector<std::future<std::string>> replies;
+  for (uint32_t id = 1; id <= kCalls; ++id) {
+    auto call = incoming(encodeMessage(RequestMessage{id, "slow", {}, {}}), "peer-a");
+    replies.push_back(expectOneReply(*call));
+    inbox.push(std::move(call));
+  }
+  std::vector<std::future<void>> acknowledged;
+  for (uint32_t id = 1; id <= kCalls; ++id) {
+    auto cancel = incoming(encodeMessage(CancelMessage{id}), "peer-a");
+    EXPECT_CALL(*cancel, reply(_)).Times(0);
+    acknowledged.push_back(expectAcknowledged(*cancel));
+    inbox.push(std::move(cancel));
+  }
+  for (std::future<void>& ack : acknowledged) ASSERT_TRUE(readyWithin(ack));
+  EXPECT_EQ(server.stats().cancelled, kCalls);
+  cancelsTaken.set_value();
+  for (std::future<std::string>& reply : replies) {
+    ASSERT_TRUE(readyWithin(reply));
+    const ResponseMessage response = decodeResponse(reply.get());
+    ASSERT_TRUE(response.error.isOk()) << response.error;
+    EXPECT_EQ(response.result, Value(true)) << "call " << response.msgid;
+  }
+  server.stop();
+  ASSERT_OK(server.wait(deadlineAfter(kWait)));
+}
+
 // ----- stop() while the receiving thread is inside poll() ---------------------------------------
 
 // LIBRARY BUG (deterministic, hence DISABLED_; run with --gtest_also_run_disabled_tests):
