@@ -181,6 +181,7 @@ TEST_P(ToolsProcessTest, SurvivesHostileInputWithBoundedMemory) {
   ASSERT_TRUE(echoWorks(2'000'000));
   const long after = server.rssKiB();
   EXPECT_LT(after - before, 10 * 1024) << "RSS grew from " << before << " to " << after << " KiB";
+  std::cerr << "RSS " << before << " -> " << after << " KiB\n";
   EXPECT_EQ(server.terminate(), 0);
 }
 
