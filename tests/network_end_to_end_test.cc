@@ -172,10 +172,10 @@ TEST_F(NetworkEndToEndTest, StopLeavesNoThreadBehind) {
     for (int i = 0; i < 10; ++i) EXPECT_OK(client.call<std::string>("whoami").status());
     EXPECT_GT(testing::countEntries("/proc/self/task"), threadsBefore);
     network.stop();
-    EXPECT_EQ(testing::countEntries("/proc/self/task"), threadsBefore);
+    EXPECT_EQ(testing::threadsSettledTo(threadsBefore), threadsBefore);
     EXPECT_CODE(client.call<std::string>("whoami").status(), StatusCode::kShuttingDown);
   }
-  EXPECT_EQ(testing::countEntries("/proc/self/task"), threadsBefore);
+  EXPECT_EQ(testing::threadsSettledTo(threadsBefore), threadsBefore);
 }
 
 // The outcome callback holds the last handle: the network is destroyed on the thread that runs

@@ -250,16 +250,16 @@ TEST_F(NetworkProcessTest, StopLeavesNoThreadOrDescriptorBehind) {
       for (int i = 0; i < 20; ++i) EXPECT_OK(client->call<int>("add", i, i).status()) << i;
       EXPECT_GT(testing::countEntries("/proc/self/task"), threadsWithContext) << "nothing was counted";
       network->stop();
-      EXPECT_EQ(testing::countEntries("/proc/self/task"), threadsWithContext) << "after stop()";
+      EXPECT_EQ(testing::threadsSettledTo(threadsWithContext), threadsWithContext) << "after stop()";
       EXPECT_CODE(client->call<int>("add", 1, 1).status(), StatusCode::kShuttingDown);
       client.reset();
       network.reset();
-      EXPECT_EQ(testing::countEntries("/proc/self/task"), threadsWithContext) << "after the handles";
+      EXPECT_EQ(testing::threadsSettledTo(threadsWithContext), threadsWithContext) << "after the handles";
     }
-    EXPECT_EQ(testing::countEntries("/proc/self/task"), threadsWithContext) << "after the connector";
+    EXPECT_EQ(testing::threadsSettledTo(threadsWithContext), threadsWithContext) << "after the connector";
     factory.reset();  // terminates the context: waits until every socket is closed
   }
-  EXPECT_EQ(testing::countEntries("/proc/self/task"), threadsAtStart) << "after the factory";
+  EXPECT_EQ(testing::threadsSettledTo(threadsAtStart), threadsAtStart) << "after the factory";
   EXPECT_EQ(testing::countEntries("/proc/self/fd"), fdsAtStart) << "after the factory";
 }
 

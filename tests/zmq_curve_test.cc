@@ -303,7 +303,7 @@ TEST(ZmqCurveContextTest, DestroyingTheContextJoinsTheZapHandler) {
     EXPECT_EQ(clientOf(*transport, kWait).call<std::string>("whoami").value(), client.publicKey);
     EXPECT_GT(testing::countEntries("/proc/self/task"), before);
   }
-  EXPECT_EQ(testing::countEntries("/proc/self/task"), before);
+  EXPECT_EQ(testing::threadsSettledTo(before), before);
 }
 
 // ----- Keys and key files -----------------------------------------------------------------------

@@ -13,6 +13,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "base/deadline.h"
@@ -62,6 +63,19 @@ inline size_t countEntries(const char* dir) {
 // The default bound of the waits below: they are expected to succeed, and reach the bound only
 // when the code under test hangs. A suite with a bound of its own passes it explicitly.
 inline constexpr Duration kDefaultWait = std::chrono::seconds(10);
+
+// countEntries("/proc/self/task") once it is down to `expected`, or at `bound`. A joined
+// thread's entry can outlive the join for a moment (the kernel wakes the joiner before it
+// releases the task), so a count taken right after joins may still be high.
+inline size_t threadsSettledTo(size_t expected, Duration bound = kDefaultWait) {
+  const Deadline giveUp = deadlineAfter(bound);
+  size_t n = countEntries("/proc/self/task");
+  while (n > expected && Clock::now() < giveUp) {
+    std::this_thread::yield();
+    n = countEntries("/proc/self/task");
+  }
+  return n;
+}
 
 // readyWithin(f, bound): true once `f` is ready, false if `bound` passed first (0s: "is it ready
 // now?"). Does not get() the value; `f` must be valid.
