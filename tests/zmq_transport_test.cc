@@ -360,6 +360,29 @@ TEST_F(ZmqLinkEventTest, NobodyListeningReportsRefusedAtEveryAttempt) {
 // each round waits for all its replies before the next (a stranded reply would otherwise go
 // out with the next round's). Without the holder's second look after unlocking, 4 runs of this
 // test in 10 failed.
+// The first send of a burst goes out on the calling thread, the rest are queued for the I/O
+// thread, woken once: every message arrives, in the order sent.
+TEST_F(ZmqLinkEventTest, BurstsOfSendsArriveWholeAndInOrder) {
+  constexpr int kBursts = 50;
+  constexpr int kPerBurst = 20;
+  const std::string url = listen();
+  std::unique_ptr<ClientChannel> channel = this->channel(url);
+  int sent = 0;
+  int next = 0;  // the number the next message taken must carry
+  for (int burst = 0; burst < kBursts; ++burst) {
+    for (int i = 0; i < kPerBurst; ++i) {
+      ASSERT_OK(channel->send(address(""), std::to_string(sent++), deadlineAfter(kWait)));
+    }
+    std::vector<IncomingPtr> in;
+    const Deadline giveUp = deadlineAfter(kWait);
+    while (in.size() < kPerBurst && Clock::now() < giveUp) {
+      ASSERT_OK(listener_->poll(giveUp, kPerBurst - in.size(), in));
+    }
+    ASSERT_EQ(in.size(), size_t{kPerBurst}) << "burst " << burst;
+    for (const IncomingPtr& m : in) ASSERT_EQ(m->body(), std::to_string(next++));
+  }
+}
+
 TEST_F(ZmqLinkEventTest, RepliesFromManyThreadsWhileTheListenerPollsAllArrive) {
   constexpr int kRounds = 20;
   constexpr int kRequests = 500;  // per round

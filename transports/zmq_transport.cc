@@ -616,24 +616,32 @@ class ZmqChannel final : public ClientChannel {
   // An idle channel (its I/O thread asleep, nothing queued) sends on the calling thread: no
   // hand-off on the latency path. A busy one queues the message for the I/O thread's next turn,
   // which sends it with the others (fewer, fuller writes under load); that turn comes without a
-  // wake-up, since the thread looks at the queue before it sleeps again.
+  // wake-up, since the thread looks at the queue before it sleeps again. So does a send within
+  // kBurstGap of the last one made on a calling thread: the I/O thread is woken once for a
+  // burst, where each send on the calling thread would also read ZMQ_EVENTS (a poll() system
+  // call in libzmq) to learn whether it hid a reply from the sleeping I/O thread.
   Status send(const Address&, std::string bytes, Deadline deadline) override {
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopping_) return Status(StatusCode::kShuttingDown, "channel closing");
-    if (!ioAsleep_) {
-      pending_.push_back({std::move(bytes), deadline});
-      return Status::ok();
-    }
-    try {
-      if (pending_.empty() && dealer_.send(zmq::buffer(bytes), zmq::send_flags::dontwait)) {
-        if (isReadable(dealer_)) waker_.wake();  // the send consumed its signal
-        return Status::ok();
+    if (ioAsleep_ && !woken_ && pending_.empty()) {
+      const Deadline now = Clock::now();
+      if (now - lastDirectSend_ >= kBurstGap) {
+        lastDirectSend_ = now;
+        try {
+          if (dealer_.send(zmq::buffer(bytes), zmq::send_flags::dontwait)) {
+            if (isReadable(dealer_)) waker_.wake();  // the send consumed its signal
+            return Status::ok();
+          }
+        } catch (const zmq::error_t&) {
+          // Left to the I/O thread, which reports what the socket says.
+        }
       }
-    } catch (const zmq::error_t&) {
-      // Left to the I/O thread, which reports what the socket says.
     }
     pending_.push_back({std::move(bytes), deadline});
-    waker_.wake();
+    if (ioAsleep_ && !woken_) {
+      woken_ = true;
+      waker_.wake();
+    }
     return Status::ok();
   }
 
@@ -643,6 +651,7 @@ class ZmqChannel final : public ClientChannel {
     Deadline deadline;
   };
   static constexpr size_t kReceiveBatch = 256;  // replies taken per turn of the mutex
+  static constexpr Duration kBurstGap = std::chrono::microseconds(10);
   static constexpr long kErrorRetryMs = 100;
 
   // Under mutex_, sends what waits and takes what arrived; without it, lends the replies' frames
@@ -657,6 +666,7 @@ class ZmqChannel final : public ClientChannel {
       try {
         std::lock_guard<std::mutex> lock(mutex_);
         ioAsleep_ = false;
+        woken_ = false;
         if (stopping_) {
           flushOnCloseLocked();
           closeSockets();
@@ -830,6 +840,8 @@ class ZmqChannel final : public ClientChannel {
   // guarded by mutex_: the I/O thread looked at the dealer last and sleeps on its ZMQ_FD (or is
   // about to); only then may a caller's send hide a readable reply from it
   bool ioAsleep_ = false;
+  bool woken_ = false;  // guarded by mutex_: the waker was written since ioAsleep_ was set
+  Deadline lastDirectSend_{};  // guarded by mutex_
   std::thread io_;
 };
 
