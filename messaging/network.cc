@@ -904,10 +904,10 @@ void NetworkCore::onReplies(uint64_t connection, std::span<const std::string_vie
              std::min(kReplyChunk, replies.size() - first))) {
       decoded.push_back(decodeMessage(bytes, limits_));
     }
+    const Deadline received = now();  // one clock read per chunk, outside the lock
     Effects fx;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      const Deadline received = now();  // one clock read per chunk
       for (DecodedMessage& reply : decoded) onReplyLocked(connection, reply, received, fx);
     }
     finish(fx);
