@@ -355,11 +355,6 @@ TEST_F(ZmqLinkEventTest, NobodyListeningReportsRefusedAtEveryAttempt) {
   EXPECT_EQ(links_.of(LinkEvent::kDown).count(), 0) << links_.dump();
 }
 
-// Replies from several threads at once, while the listener polls: a reply that finds the socket
-// taken is left for its holder, which must send it before letting go. None may be stranded:
-// each round waits for all its replies before the next (a stranded reply would otherwise go
-// out with the next round's). Without the holder's second look after unlocking, 4 runs of this
-// test in 10 failed.
 // The first send of a burst goes out on the calling thread, the rest are queued for the I/O
 // thread, woken once: every message arrives, in the order sent.
 TEST_F(ZmqLinkEventTest, BurstsOfSendsArriveWholeAndInOrder) {
@@ -383,6 +378,11 @@ TEST_F(ZmqLinkEventTest, BurstsOfSendsArriveWholeAndInOrder) {
   }
 }
 
+// Replies from several threads at once, while the listener polls: a reply that finds the socket
+// taken is left for its holder, which must send it before letting go. None may be stranded:
+// each round waits for all its replies before the next (a stranded reply would otherwise go
+// out with the next round's). Without the holder's second look after unlocking, 4 runs of this
+// test in 10 failed.
 TEST_F(ZmqLinkEventTest, RepliesFromManyThreadsWhileTheListenerPollsAllArrive) {
   constexpr int kRounds = 20;
   constexpr int kRequests = 500;  // per round
@@ -425,6 +425,40 @@ TEST_F(ZmqLinkEventTest, RepliesFromManyThreadsWhileTheListenerPollsAllArrive) {
   }
   EXPECT_EQ(server_->stats().repliesSent, uint64_t{kRounds * kRequests});
   EXPECT_EQ(server_->stats().repliesDropped, 0u);
+}
+
+// A channel whose peer stops reading queues what the socket cannot take; once the peer reads
+// again, every queued message goes out long before its deadline. When the peer makes room,
+// libzmq tells the channel's socket with a command, which wakes the I/O thread; but a send takes
+// commands at most once a millisecond, so its sends fail again and the receive after them takes
+// the command: the thread must then look again before it sleeps, or the queue waits for its
+// first deadline. Without that look, every one of 10 runs stranded the fifth message.
+TEST(ZmqChannelFlowTest, QueuedSendsGoOutAsSoonAsThePeerMakesRoom) {
+  constexpr int kMessages = 3000;
+  constexpr auto kQueuedFor = 10min;  // far past kWait: a stranded queue fails the test
+  ZmqContext context;
+  ZmqTransport::Options options;
+  options.sendHighWaterMark = 2;
+  ZmqTransport transport(context, "inproc://queued-sends", options);
+  Address address;
+  address.topic = "t";
+  address.server = "s";
+  Result<std::unique_ptr<Listener>> listener = transport.listen(address);
+  ASSERT_OK(listener.status());
+  Result<std::unique_ptr<ClientChannel>> channel = transport.openChannel(nullptr, nullptr);
+  ASSERT_OK(channel.status());
+  for (int i = 0; i < kMessages; ++i) {
+    ASSERT_OK((*channel)->send(address, std::to_string(i), deadlineAfter(kQueuedFor)));
+  }
+  // One message per poll: the peer makes room again and again while the channel sends.
+  const Deadline giveUp = deadlineAfter(kWait);
+  for (int next = 0; next < kMessages; ++next) {
+    std::vector<IncomingPtr> in;
+    while (in.empty() && Clock::now() < giveUp) ASSERT_OK((*listener)->poll(giveUp, 1, in));
+    ASSERT_EQ(in.size(), 1u) << "message " << next << " of " << kMessages << " stranded";
+    ASSERT_EQ(in[0]->body(), std::to_string(next));
+  }
+  EXPECT_EQ(transport.stats().sendsExpired, 0u);
 }
 
 }  // namespace

@@ -662,7 +662,7 @@ class ZmqChannel final : public ClientChannel {
     for (;;) {
       Deadline next = kNoDeadline;
       int socketFd = -1;
-      bool readable = false;
+      bool lookAgain = false;
       try {
         std::lock_guard<std::mutex> lock(mutex_);
         ioAsleep_ = false;
@@ -691,9 +691,13 @@ class ZmqChannel final : public ClientChannel {
           while (frame.more()) (void)dealer_.recv(frame);  // the body is the last frame
           replies.push_back(std::move(frame));
         }
-        readable = isReadable(dealer_);
+        // Reading ZMQ_EVENTS may also take the command that made room for what still waits
+        // (a send takes commands at most once a millisecond): then look again.
+        const int events = dealer_.get(zmq::sockopt::events);
+        lookAgain =
+            (events & ZMQ_POLLIN) != 0 || (!pending_.empty() && (events & ZMQ_POLLOUT) != 0);
         socketFd = dealer_.get(zmq::sockopt::fd);
-        ioAsleep_ = replies.empty() && !readable;
+        ioAsleep_ = replies.empty() && !lookAgain;
       } catch (const zmq::error_t& e) {
         if (e.num() == ETERM) {
           std::lock_guard<std::mutex> lock(mutex_);
@@ -709,7 +713,7 @@ class ZmqChannel final : public ClientChannel {
       }
       views.clear();
       replies.clear();  // no frame is held while the thread sleeps
-      if (readable || received) continue;  // look again before sleeping
+      if (lookAgain || received) continue;  // look again before sleeping
       // After a socket error (socketFd -1, which poll ignores) it looks again in a while.
       const long timeout = socketFd < 0 ? kErrorRetryMs : pollTimeoutMs(next);
       try {
