@@ -618,17 +618,20 @@ class ZmqChannel final : public ClientChannel {
   // An idle channel (its I/O thread asleep, nothing queued) sends on the calling thread: no
   // hand-off on the latency path. A busy one queues the message for the I/O thread's next turn,
   // which sends it with the others (fewer, fuller writes under load); that turn comes without a
-  // wake-up, since the thread looks at the queue before it sleeps again. So does a send within
-  // kBurstGap of the last one made on a calling thread: the I/O thread is woken once for a
-  // burst, where each send on the calling thread would also read ZMQ_EVENTS (a poll() system
-  // call in libzmq) to learn whether it hid a reply from the sleeping I/O thread.
+  // wake-up, since the thread looks at the queue before it sleeps again. So do the sends of a
+  // burst (each within kBurstGap of the one before) past its first kDirectPerBurst: the I/O
+  // thread is woken once for them, where each send on the calling thread would also read
+  // ZMQ_EVENTS (a poll() system call in libzmq) to learn whether it hid a reply from the
+  // sleeping I/O thread. A short burst goes out whole: the wake-up costs more than its reads.
   Status send(const Address&, std::string bytes, Deadline deadline) override {
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopping_) return Status(StatusCode::kShuttingDown, "channel closing");
     if (ioAsleep_ && !woken_ && pending_.empty()) {
       const Deadline now = Clock::now();
-      if (now - lastDirectSend_ >= kBurstGap) {
-        lastDirectSend_ = now;
+      directInBurst_ =
+          now - lastDirectSend_ < kBurstGap ? std::min(directInBurst_ + 1, kDirectPerBurst + 1) : 1;
+      lastDirectSend_ = now;
+      if (directInBurst_ <= kDirectPerBurst) {
         try {
           if (dealer_.send(zmq::buffer(bytes), zmq::send_flags::dontwait)) {
             if (isReadable(dealer_)) waker_.wake();  // the send consumed its signal
@@ -654,6 +657,7 @@ class ZmqChannel final : public ClientChannel {
   };
   static constexpr size_t kReceiveBatch = 256;  // replies taken per turn of the mutex
   static constexpr Duration kBurstGap = std::chrono::microseconds(10);
+  static constexpr int kDirectPerBurst = 3;
   static constexpr long kErrorRetryMs = 100;
 
   // Under mutex_, sends what waits and takes what arrived; without it, lends the replies' frames
@@ -848,7 +852,10 @@ class ZmqChannel final : public ClientChannel {
   // about to); only then may a caller's send hide a readable reply from it
   bool ioAsleep_ = false;
   bool woken_ = false;  // guarded by mutex_: the waker was written since ioAsleep_ was set
-  Deadline lastDirectSend_{};  // guarded by mutex_
+  // guarded by mutex_: the last send on a calling thread that found the I/O thread asleep, and
+  // how many such sends its burst holds so far
+  Deadline lastDirectSend_{};
+  int directInBurst_ = 0;
   std::thread io_;
 };
 
