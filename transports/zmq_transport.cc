@@ -299,9 +299,8 @@ class PolledSocket {
   }
 
   // The receiving loop of a Listener::poll(): under mutex_, `takeLocked(wakeAt)` takes what
-  // arrived and returns how many (it may bring `wakeAt`, initially `deadline`, forward); it
-  // returns 0 only after a non-blocking receive found nothing, which leaves ZMQ_FD armed (see
-  // isReadable), so the loop then sleeps until a message, interrupt() or wakeAt.
+  // arrived and returns how many (it may bring `wakeAt`, initially `deadline`, forward); with
+  // nothing taken and nothing readable it sleeps until a message, interrupt() or wakeAt.
   // kShuttingDown once closed, kTransportError when the socket fails.
   template <typename TakeLocked>
   Status pollReceived(Deadline deadline, TakeLocked&& takeLocked) {
@@ -313,6 +312,7 @@ class PolledSocket {
         pollerAsleep_ = false;
         if (closed_) return Status(StatusCode::kShuttingDown, "listener closed");
         if (takeLocked(wakeAt) > 0) return Status::ok();
+        if (isReadable(socket_)) continue;
         socketFd = socket_.get(zmq::sockopt::fd);
         pollerAsleep_ = true;
       } catch (const zmq::error_t& e) {
@@ -506,8 +506,6 @@ class ZmqListener final : public Listener {
   void close() override { core_->close(); }
 
  private:
-  // Takes up to maxBatch requests; drops (and counts) malformed ones. Returns 0 only after a
-  // receive found nothing (pollReceived()'s contract).
   size_t drainLocked(size_t maxBatch, std::vector<IncomingPtr>& out) {
     ZmqShared& shared = *core_->shared_;
     size_t taken = 0;
@@ -691,20 +689,19 @@ class ZmqChannel final : public ClientChannel {
           pending_.pop_front();
         }
         for (const Outgoing& o : pending_) next = std::min(next, o.deadline);
-        // Until a receive finds nothing, which leaves ZMQ_FD armed for the sleep (isReadable).
         zmq::message_t frame;
         while (replies.size() < kReceiveBatch &&
                dealer_.recv(frame, zmq::recv_flags::dontwait)) {
           while (frame.more()) (void)dealer_.recv(frame);  // the body is the last frame
           replies.push_back(std::move(frame));
         }
-        // The receive that found nothing may also have taken the command that made room for
-        // what still waits (a send takes commands at most once a millisecond): look again.
-        lookAgain = !replies.empty() ||
-                    (!pending_.empty() && (dealer_.get(zmq::sockopt::events) &
-                                           (ZMQ_POLLIN | ZMQ_POLLOUT)) != 0);
+        // Reading ZMQ_EVENTS may also take the command that made room for what still waits
+        // (a send takes commands at most once a millisecond): then look again.
+        const int events = dealer_.get(zmq::sockopt::events);
+        lookAgain =
+            (events & ZMQ_POLLIN) != 0 || (!pending_.empty() && (events & ZMQ_POLLOUT) != 0);
         socketFd = dealer_.get(zmq::sockopt::fd);
-        ioAsleep_ = !lookAgain;
+        ioAsleep_ = replies.empty() && !lookAgain;
       } catch (const zmq::error_t& e) {
         if (e.num() == ETERM) {
           std::lock_guard<std::mutex> lock(mutex_);
@@ -720,7 +717,7 @@ class ZmqChannel final : public ClientChannel {
       }
       views.clear();
       replies.clear();  // no frame is held while the thread sleeps
-      if (lookAgain) continue;
+      if (lookAgain || received) continue;  // look again before sleeping
       // After a socket error (socketFd -1, which poll ignores) it looks again in a while.
       const long timeout = socketFd < 0 ? kErrorRetryMs : pollTimeoutMs(next);
       try {
@@ -995,7 +992,6 @@ class ZmqSubscriptionListener final : public Listener {
 
  private:
   // Takes up to maxBatch deliveries ["D", deliveryId, topic, body]; drops anything else.
-  // Returns 0 only after a receive found nothing (pollReceived()'s contract).
   size_t drainLocked(size_t maxBatch, std::vector<IncomingPtr>& out) {
     ZmqShared& shared = *core_->shared_;
     size_t taken = 0;

@@ -62,10 +62,7 @@ inline long pollTimeoutMs(Deadline deadline) {
 
 // True when `socket` has a message to read. Reading ZMQ_EVENTS also resets the socket's ZMQ_FD,
 // which signals only changes: a thread that used the socket must look here before it (or
-// another) sleeps on that descriptor. Exception: a non-blocking receive that found nothing
-// leaves the descriptor armed as this read does (libzmq processes the socket's pending commands
-// before it gives up), so a thread may sleep right after one; each read here costs a poll()
-// system call in libzmq, which the receiving threads save that way.
+// another) sleeps on that descriptor.
 inline bool isReadable(zmq::socket_t& socket) {
   return (socket.get(zmq::sockopt::events) & ZMQ_POLLIN) != 0;
 }
