@@ -695,8 +695,8 @@ class ZmqChannel final : public ClientChannel {
           while (frame.more()) (void)dealer_.recv(frame);  // the body is the last frame
           replies.push_back(std::move(frame));
         }
-        // Reading ZMQ_EVENTS may also take the command that made room for what still waits
-        // (a send takes commands at most once a millisecond): then look again.
+        // The receive (or this read) may have taken the command that made room for what still
+        // waits (a send takes commands at most once a millisecond): then look again.
         const int events = dealer_.get(zmq::sockopt::events);
         lookAgain =
             (events & ZMQ_POLLIN) != 0 || (!pending_.empty() && (events & ZMQ_POLLOUT) != 0);
