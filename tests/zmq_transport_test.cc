@@ -461,5 +461,53 @@ TEST(ZmqChannelFlowTest, QueuedSendsGoOutAsSoonAsThePeerMakesRoom) {
   EXPECT_EQ(transport.stats().sendsExpired, 0u);
 }
 
+// What waits for room past the high-water mark is bounded in bytes: a send beyond
+// maxQueuedBytes is refused kOverloaded and counted, what was taken still arrives whole and in
+// order, and once the peer has read it all the channel takes sends again.
+TEST(ZmqChannelFlowTest, AFullQueueRefusesSendsUntilThePeerReads) {
+  constexpr size_t kMessageBytes = 100;
+  ZmqContext context;
+  ZmqTransport::Options options;
+  options.sendHighWaterMark = 2;
+  options.maxQueuedBytes = 10 * kMessageBytes;
+  ZmqTransport transport(context, "inproc://full-queue", options);
+  Address address;
+  address.topic = "t";
+  address.server = "s";
+  Result<std::unique_ptr<Listener>> listener = transport.listen(address);
+  ASSERT_OK(listener.status());
+  Result<std::unique_ptr<ClientChannel>> channel = transport.openChannel(nullptr, nullptr);
+  ASSERT_OK(channel.status());
+  const auto message = [&](int i) {
+    std::string tail = std::to_string(i);
+    return std::string(kMessageBytes - tail.size(), 'm') + tail;
+  };
+  int accepted = 0;
+  Status refused;
+  for (int i = 0; i < 1000 && refused.isOk(); ++i) {
+    refused = (*channel)->send(address, message(i), deadlineAfter(kWait));
+    if (refused.isOk()) ++accepted;
+  }
+  ASSERT_CODE(refused, StatusCode::kOverloaded);
+  EXPECT_NE(refused.message().find("maxQueuedBytes"), std::string::npos) << refused;
+  // The queue's 10 messages, and what ZeroMQ's pipes took before it (4 at most here).
+  EXPECT_GE(accepted, 10);
+  EXPECT_LE(accepted, 20);
+  EXPECT_EQ(transport.stats().sendsRefused, 1u);
+  const Deadline giveUp = deadlineAfter(kWait);
+  for (int next = 0; next < accepted; ++next) {
+    std::vector<IncomingPtr> in;
+    while (in.empty() && Clock::now() < giveUp) ASSERT_OK((*listener)->poll(giveUp, 1, in));
+    ASSERT_EQ(in.size(), 1u) << "message " << next << " of " << accepted;
+    ASSERT_EQ(in[0]->body(), message(next));
+  }
+  ASSERT_OK((*channel)->send(address, "after", deadlineAfter(kWait)));
+  std::vector<IncomingPtr> in;
+  while (in.empty() && Clock::now() < giveUp) ASSERT_OK((*listener)->poll(giveUp, 1, in));
+  ASSERT_EQ(in.size(), 1u);
+  EXPECT_EQ(in[0]->body(), "after");
+  EXPECT_EQ(transport.stats().sendsExpired, 0u);
+}
+
 }  // namespace
 }  // namespace switchboard

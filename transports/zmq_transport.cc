@@ -45,7 +45,7 @@ class ZmqShared {
   std::mutex mutex_;
   std::string boundEndpoint_;  // guarded by mutex_
   std::atomic<uint64_t> received_{0}, malformedDropped_{0}, repliesSent_{0}, repliesDropped_{0},
-      sendsExpired_{0}, authRefused_{0};
+      sendsExpired_{0}, sendsRefused_{0}, authRefused_{0};
   // Notifications: publish()'s DEALER to the broker, made by the first publish() and kept.
   std::mutex publishMutex_;
   zmq::socket_t publisher_;                  // guarded by publishMutex_
@@ -640,6 +640,13 @@ class ZmqChannel final : public ClientChannel {
         }
       }
     }
+    if (!pending_.empty() && pendingBytes_ + bytes.size() > shared_->options_.maxQueuedBytes) {
+      shared_->sendsRefused_.fetch_add(1, std::memory_order_relaxed);
+      return Status(StatusCode::kOverloaded,
+                    "channel to " + shared_->url_ + " has " + std::to_string(pendingBytes_) +
+                        " bytes waiting for the peer (maxQueuedBytes)");
+    }
+    pendingBytes_ += bytes.size();
     pending_.push_back({std::move(bytes), deadline});
     if (ioAsleep_ && !woken_) {
       woken_ = true;
@@ -680,12 +687,17 @@ class ZmqChannel final : public ClientChannel {
         // from a deadline already passed would spin).
         const Deadline now = Clock::now();
         const size_t expired =
-            std::erase_if(pending_, [&](const Outgoing& o) { return now >= o.deadline; });
+            std::erase_if(pending_, [&](const Outgoing& o) {
+              if (now < o.deadline) return false;
+              pendingBytes_ -= o.bytes.size();
+              return true;
+            });
         for (size_t i = 0; i < expired; ++i) {
           shared_->drop(shared_->sendsExpired_, "request not sent before its deadline");
         }
         while (!pending_.empty() &&
                dealer_.send(zmq::buffer(pending_.front().bytes), zmq::send_flags::dontwait)) {
+          pendingBytes_ -= pending_.front().bytes.size();
           pending_.pop_front();
         }
         for (const Outgoing& o : pending_) next = std::min(next, o.deadline);
@@ -821,6 +833,7 @@ class ZmqChannel final : public ClientChannel {
     try {
       while (!pending_.empty() && Clock::now() < giveUp) {
         if (dealer_.send(zmq::buffer(pending_.front().bytes), zmq::send_flags::dontwait)) {
+          pendingBytes_ -= pending_.front().bytes.size();
           pending_.pop_front();
           continue;
         }
@@ -833,6 +846,7 @@ class ZmqChannel final : public ClientChannel {
       shared_->drop(shared_->sendsExpired_, "message not sent before the channel closed");
     }
     pending_.clear();
+    pendingBytes_ = 0;
   }
 
   std::shared_ptr<ZmqShared> shared_;
@@ -845,6 +859,7 @@ class ZmqChannel final : public ClientChannel {
   Waker waker_;
   bool stopping_ = false;         // guarded by mutex_
   std::deque<Outgoing> pending_;  // guarded by mutex_: not yet taken by the socket, in order
+  size_t pendingBytes_ = 0;       // guarded by mutex_: of pending_'s messages
   // guarded by mutex_: the I/O thread looked at the dealer last and sleeps on its ZMQ_FD (or is
   // about to); only then may a caller's send hide a readable reply from it
   bool ioAsleep_ = false;
@@ -1146,6 +1161,7 @@ ZmqTransport::Stats ZmqTransport::stats() const {
   s.repliesSent = shared_->repliesSent_.load();
   s.repliesDropped = shared_->repliesDropped_.load();
   s.sendsExpired = shared_->sendsExpired_.load();
+  s.sendsRefused = shared_->sendsRefused_.load();
   s.authRefused = shared_->authRefused_.load();
   return s;
 }

@@ -98,6 +98,9 @@ class ZmqTransport final : public Transport {
     int heartbeatIvlMs = 1000;           // ZMTP heartbeats: ping interval,
     int heartbeatTimeoutMs = 3000;       // and how long without traffic drops the peer
     int sendHighWaterMark = 10000;       // ZMQ_SNDHWM / ZMQ_RCVHWM
+    // A channel's messages waiting for room past ZeroMQ's high-water mark, in bytes: a send
+    // that would queue more is refused kOverloaded (one message is always taken).
+    size_t maxQueuedBytes = size_t{64} << 20;
     size_t maxFrames = 3;                // identity, optional delimiter, body
     LogSink log = stderrLogSink();
 
@@ -122,6 +125,7 @@ class ZmqTransport final : public Transport {
     uint64_t repliesSent = 0;
     uint64_t repliesDropped = 0;  // peer gone (ROUTER_MANDATORY) or high-water mark
     uint64_t sendsExpired = 0;    // client messages not sent before their deadline
+    uint64_t sendsRefused = 0;    // client messages refused: the channel's queue was full
     uint64_t authRefused = 0;     // clients the ZAP handler refused for this transport's listeners
   };
 
