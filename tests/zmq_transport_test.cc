@@ -7,6 +7,7 @@
 #include <future>
 #include <latch>
 #include <mutex>
+#include <optional>
 #include <string_view>
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
@@ -427,57 +428,70 @@ TEST_F(ZmqLinkEventTest, RepliesFromManyThreadsWhileTheListenerPollsAllArrive) {
   EXPECT_EQ(server_->stats().repliesDropped, 0u);
 }
 
+// A listener and a channel on one ZmqTransport over inproc, with a high-water mark of 2: a peer
+// that does not poll holds the channel's sends back after a few messages.
+class ZmqChannelFlowTest : public ::testing::Test {
+ protected:
+  // Opens the listener and the channel; `maxQueuedBytes` bounds what the channel queues.
+  void open(size_t maxQueuedBytes = ZmqTransport::Options{}.maxQueuedBytes) {
+    ZmqTransport::Options options;
+    options.sendHighWaterMark = 2;
+    options.maxQueuedBytes = maxQueuedBytes;
+    transport_ = std::make_unique<ZmqTransport>(context_, "inproc://channel-flow", options);
+    Result<std::unique_ptr<Listener>> listener = transport_->listen(address_);
+    ASSERT_OK(listener.status());
+    listener_ = std::move(listener).value();
+    Result<std::unique_ptr<ClientChannel>> channel = transport_->openChannel(nullptr, nullptr);
+    ASSERT_OK(channel.status());
+    channel_ = std::move(channel).value();
+  }
+  Status send(std::string bytes, Deadline deadline) {
+    return channel_->send(address_, std::move(bytes), deadline);
+  }
+  // The body of the next message the listener takes, one per poll (so the peer makes room
+  // again and again); nullopt when none comes before `giveUp`.
+  std::optional<std::string> next(Deadline giveUp) {
+    std::vector<IncomingPtr> in;
+    while (in.empty() && Clock::now() < giveUp) {
+      if (!listener_->poll(giveUp, 1, in)) return std::nullopt;
+    }
+    if (in.empty()) return std::nullopt;
+    return std::string(in[0]->body());
+  }
+
+  ZmqContext context_;
+  const Address address_{.topic = "t", .server = "s"};
+  std::unique_ptr<ZmqTransport> transport_;
+  std::unique_ptr<Listener> listener_;
+  std::unique_ptr<ClientChannel> channel_;
+};
+
 // A channel whose peer stops reading queues what the socket cannot take; once the peer reads
 // again, every queued message goes out long before its deadline. When the peer makes room,
 // libzmq tells the channel's socket with a command, which wakes the I/O thread; but a send takes
 // commands at most once a millisecond, so its sends fail again and the receive after them takes
 // the command: the thread must then look again before it sleeps, or the queue waits for its
 // first deadline. Without that look, every one of 10 runs stranded the fifth message.
-TEST(ZmqChannelFlowTest, QueuedSendsGoOutAsSoonAsThePeerMakesRoom) {
+TEST_F(ZmqChannelFlowTest, QueuedSendsGoOutAsSoonAsThePeerMakesRoom) {
   constexpr int kMessages = 3000;
   constexpr auto kQueuedFor = 10min;  // far past kWait: a stranded queue fails the test
-  ZmqContext context;
-  ZmqTransport::Options options;
-  options.sendHighWaterMark = 2;
-  ZmqTransport transport(context, "inproc://queued-sends", options);
-  Address address;
-  address.topic = "t";
-  address.server = "s";
-  Result<std::unique_ptr<Listener>> listener = transport.listen(address);
-  ASSERT_OK(listener.status());
-  Result<std::unique_ptr<ClientChannel>> channel = transport.openChannel(nullptr, nullptr);
-  ASSERT_OK(channel.status());
+  ASSERT_NO_FATAL_FAILURE(open());
   for (int i = 0; i < kMessages; ++i) {
-    ASSERT_OK((*channel)->send(address, std::to_string(i), deadlineAfter(kQueuedFor)));
+    ASSERT_OK(send(std::to_string(i), deadlineAfter(kQueuedFor)));
   }
-  // One message per poll: the peer makes room again and again while the channel sends.
   const Deadline giveUp = deadlineAfter(kWait);
-  for (int next = 0; next < kMessages; ++next) {
-    std::vector<IncomingPtr> in;
-    while (in.empty() && Clock::now() < giveUp) ASSERT_OK((*listener)->poll(giveUp, 1, in));
-    ASSERT_EQ(in.size(), 1u) << "message " << next << " of " << kMessages << " stranded";
-    ASSERT_EQ(in[0]->body(), std::to_string(next));
+  for (int i = 0; i < kMessages; ++i) {
+    ASSERT_EQ(next(giveUp), std::to_string(i)) << "of " << kMessages;
   }
-  EXPECT_EQ(transport.stats().sendsExpired, 0u);
+  EXPECT_EQ(transport_->stats().sendsExpired, 0u);
 }
 
 // What waits for room past the high-water mark is bounded in bytes: a send beyond
 // maxQueuedBytes is refused kOverloaded and counted, what was taken still arrives whole and in
 // order, and once the peer has read it all the channel takes sends again.
-TEST(ZmqChannelFlowTest, AFullQueueRefusesSendsUntilThePeerReads) {
+TEST_F(ZmqChannelFlowTest, AFullQueueRefusesSendsUntilThePeerReads) {
   constexpr size_t kMessageBytes = 100;
-  ZmqContext context;
-  ZmqTransport::Options options;
-  options.sendHighWaterMark = 2;
-  options.maxQueuedBytes = 10 * kMessageBytes;
-  ZmqTransport transport(context, "inproc://full-queue", options);
-  Address address;
-  address.topic = "t";
-  address.server = "s";
-  Result<std::unique_ptr<Listener>> listener = transport.listen(address);
-  ASSERT_OK(listener.status());
-  Result<std::unique_ptr<ClientChannel>> channel = transport.openChannel(nullptr, nullptr);
-  ASSERT_OK(channel.status());
+  ASSERT_NO_FATAL_FAILURE(open(10 * kMessageBytes));
   const auto message = [&](int i) {
     std::string tail = std::to_string(i);
     return std::string(kMessageBytes - tail.size(), 'm') + tail;
@@ -485,7 +499,7 @@ TEST(ZmqChannelFlowTest, AFullQueueRefusesSendsUntilThePeerReads) {
   int accepted = 0;
   Status refused;
   for (int i = 0; i < 1000 && refused.isOk(); ++i) {
-    refused = (*channel)->send(address, message(i), deadlineAfter(kWait));
+    refused = send(message(i), deadlineAfter(kWait));
     if (refused.isOk()) ++accepted;
   }
   ASSERT_CODE(refused, StatusCode::kOverloaded);
@@ -493,20 +507,12 @@ TEST(ZmqChannelFlowTest, AFullQueueRefusesSendsUntilThePeerReads) {
   // The queue's 10 messages, and what ZeroMQ's pipes took before it (4 at most here).
   EXPECT_GE(accepted, 10);
   EXPECT_LE(accepted, 20);
-  EXPECT_EQ(transport.stats().sendsRefused, 1u);
+  EXPECT_EQ(transport_->stats().sendsRefused, 1u);
   const Deadline giveUp = deadlineAfter(kWait);
-  for (int next = 0; next < accepted; ++next) {
-    std::vector<IncomingPtr> in;
-    while (in.empty() && Clock::now() < giveUp) ASSERT_OK((*listener)->poll(giveUp, 1, in));
-    ASSERT_EQ(in.size(), 1u) << "message " << next << " of " << accepted;
-    ASSERT_EQ(in[0]->body(), message(next));
-  }
-  ASSERT_OK((*channel)->send(address, "after", deadlineAfter(kWait)));
-  std::vector<IncomingPtr> in;
-  while (in.empty() && Clock::now() < giveUp) ASSERT_OK((*listener)->poll(giveUp, 1, in));
-  ASSERT_EQ(in.size(), 1u);
-  EXPECT_EQ(in[0]->body(), "after");
-  EXPECT_EQ(transport.stats().sendsExpired, 0u);
+  for (int i = 0; i < accepted; ++i) ASSERT_EQ(next(giveUp), message(i)) << "of " << accepted;
+  ASSERT_OK(send("after", deadlineAfter(kWait)));
+  EXPECT_EQ(next(giveUp), "after");
+  EXPECT_EQ(transport_->stats().sendsExpired, 0u);
 }
 
 }  // namespace
