@@ -177,9 +177,31 @@ Status NetworkCore::start() {
 void NetworkCore::finish(Effects& fx) {
   {
     CallbackScope scope(this);
-    for (auto& [done, outcome] : fx.outcomes) done(std::move(outcome));
+    for (auto& [done, outcome] : fx.outcomes) {
+      try {
+        done(std::move(outcome));
+      } catch (...) {
+        callbackThrew("a call's outcome", std::current_exception());
+      }
+    }
   }
   deliverEvents();
+}
+
+void NetworkCore::callbackThrew(std::string_view whose, std::exception_ptr thrown) {
+  std::string what = "an exception not derived from std::exception";
+  try {
+    std::rethrow_exception(std::move(thrown));
+  } catch (const std::exception& e) {
+    what = e.what();
+  } catch (...) {
+  }
+  const uint64_t n = callbackErrors_.fetch_add(1, std::memory_order_relaxed) + 1;
+  if (isLoggedOccurrence(n)) {
+    options_.log(LogLevel::kError, "network",
+                 std::string(whose) + " callback threw: " + what,
+                 {{"callback_errors", std::to_string(n)}});
+  }
 }
 
 void NetworkCore::emitLocked(NetworkEvent::Kind kind, const std::string& server,
@@ -208,19 +230,25 @@ void releaseSlot(EventSlot& slot) {
   // `dropped`, and whatever the callback held, is destroyed here.
 }
 
-void deliverTo(EventSlot& slot, const NetworkEvent& event) {
+std::exception_ptr deliverTo(EventSlot& slot, const NetworkEvent& event) {
   std::unique_lock<std::mutex> lock(slot.mutex);
-  if (slot.released || !slot.onEvent) return;
+  if (slot.released || !slot.onEvent) return nullptr;
   std::function<void(const NetworkEvent&)> onEvent = std::move(slot.onEvent);
   slot.runningOn = std::this_thread::get_id();
   lock.unlock();
-  onEvent(event);
+  std::exception_ptr thrown;
+  try {
+    onEvent(event);
+  } catch (...) {
+    thrown = std::current_exception();
+  }
   lock.lock();
   slot.runningOn = {};
   if (!slot.released) slot.onEvent = std::move(onEvent);
   slot.idle.notify_all();
   lock.unlock();
   // A slot released meanwhile: `onEvent` is destroyed here.
+  return thrown;
 }
 
 // One thread at a time delivers, in order; the others leave their events to it. A callback may
@@ -243,7 +271,11 @@ void NetworkCore::deliverEvents() {
     events_.pop_front();
     std::vector<std::shared_ptr<EventSlot>> slots = slots_;
     lock.unlock();
-    for (const auto& slot : slots) deliverTo(*slot, event);
+    for (const auto& slot : slots) {
+      if (std::exception_ptr thrown = deliverTo(*slot, event)) {
+        callbackThrew("a network event", std::move(thrown));
+      }
+    }
     slots.clear();
     lock.lock();
   }
@@ -1066,6 +1098,7 @@ Network::Stats NetworkCore::stats() const {
   s.dismissals = dismissals_.load();
   s.connectAttempts = connectAttempts_.load();
   s.pings = pingsSent_.load();
+  s.callbackErrors = callbackErrors_.load();
   for (size_t code = 0; code < kStatusCodeCount; ++code) {
     if (uint64_t n = outcomes_[code].load(); n != 0) {
       s.outcomes.emplace(statusCodeName(static_cast<StatusCode>(code)), n);

@@ -144,6 +144,7 @@ class Network {
     uint64_t dismissals = 0;     // connections dropped for breaking the protocol
     uint64_t connectAttempts = 0;
     uint64_t pings = 0;          // application pings sent (handshakes included)
+    uint64_t callbackErrors = 0;  // outcome or event callbacks that threw (logged, then ignored)
     std::map<std::string, uint64_t> outcomes;  // calls ended, by statusCodeName ("Ok", ...)
     HistogramSnapshot latency;  // from call() to the outcome, every outcome
   };
@@ -173,6 +174,7 @@ class Network {
 
   // Events arrive in order, one at a time, on a network thread (or the thread of the call that
   // caused them), never under a network lock; the callback may query and switch, not stop().
+  // An exception it throws is logged and counted (Stats::callbackErrors), and goes no further.
   // Events before the subscription are not replayed: status() tells the state so far (or see
   // Options::onEvent).
   Subscription subscribe(std::function<void(const NetworkEvent&)> onEvent) const;

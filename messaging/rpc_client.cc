@@ -242,6 +242,7 @@ RpcClient::Stats RpcClient::stats() const {
   s.heartbeats = n.heartbeats;
   s.lateReplies = n.lateReplies;
   s.badReplies = n.badReplies;
+  s.callbackErrors = n.callbackErrors;
   s.outcomes = n.outcomes;
   s.latency = n.latency;
   return s;

@@ -75,12 +75,14 @@ class RpcClient {
     uint64_t heartbeats = 0;    // call-in-progress heartbeats received
     uint64_t lateReplies = 0;   // replies for no call in flight (after its timeout)
     uint64_t badReplies = 0;    // replies that broke the protocol
+    uint64_t callbackErrors = 0;  // outcome callbacks that threw (logged, then ignored)
     std::map<std::string, uint64_t> outcomes;  // calls ended, by statusCodeName ("Ok", ...)
     HistogramSnapshot latency;  // from the call to its outcome
   };
 
   // Receives a call's one outcome, on a transport thread, the client's timer thread or the
-  // caller's thread (when sending failed). Must be quick and must not block on other calls.
+  // caller's thread (when sending failed). Must be quick and must not block on other calls. An
+  // exception it throws is logged and counted (Stats::callbackErrors), and goes no further.
   using Callback = std::function<void(Result<Value>)>;
 
   // Opens a channel on `transport` for `target` (which needs a topic).

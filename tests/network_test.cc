@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -566,6 +567,26 @@ TEST_F(NetworkTest, ASubscriptionReleasedFromItsOwnCallbackIsSafe) {
   });
   servers_.answerHealth(A);
   EXPECT_EQ(calls, 1);
+}
+
+// An event callback that throws is logged and counted; it stays subscribed, the others still
+// get every event, and releasing it afterwards does not wait for a delivery that never ended.
+TEST_F(NetworkTest, AnEventCallbackThatThrowsIsLoggedAndCountedAndOthersStillHearEvents) {
+  start(optionsFor({A, B}));
+  int thrown = 0;
+  Network::Subscription throwing = network_->subscribe([&](const NetworkEvent&) {
+    ++thrown;
+    throw std::runtime_error("event callback failed");
+  });
+  servers_.answerHealth(A);
+  servers_.answerHealth(B);
+  EXPECT_EQ(events_.back(), "connected " + B);  // the fixture's subscriber heard both
+  EXPECT_GE(thrown, 2);
+  EXPECT_EQ(network_->stats().callbackErrors, static_cast<uint64_t>(thrown));
+  EXPECT_GE(log_.count(LogLevel::kError, "a network event callback threw: event callback failed"),
+            1)
+      << log_.dump();
+  throwing.release();
 }
 
 TEST_F(NetworkTest, AMisbehavingServerIsDismissedAndBackedOffExponentially) {

@@ -13,6 +13,7 @@
 #include "messaging/rpc_client.h"
 #include "messaging/server.h"
 #include "tests/support/executor_kinds.h"
+#include "tests/support/test_util.h"
 #include "transports/in_memory_transport.h"
 
 namespace switchboard {
@@ -401,6 +402,32 @@ TEST(RpcClientTest, DestroyingTheClientAnswersCallsInFlight) {
   auto f = outcome.get_future();
   ASSERT_EQ(f.wait_for(kWait), std::future_status::ready);
   EXPECT_EQ(f.get(), StatusCode::kShuttingDown);
+}
+
+// An outcome callback that throws (here on the thread that received the reply) takes neither
+// the process nor the client down: the exception is logged and counted, whatever its type, and
+// later calls are answered as before.
+TYPED_TEST(RpcEndToEndTest, AnOutcomeCallbackThatThrowsIsLoggedAndCounted) {
+  Served<TypeParam> served(this->transport_, this->serverTarget("s1"), {calculator()});
+  testing::LogCapture logged;
+  RpcClient::Options options;
+  options.timeout = kWait;
+  options.log = logged.sink();
+  RpcClient client = RpcClient::create(this->transport_, Target{.topic = "calc"}, options).value();
+  std::promise<void> called;
+  client.callAsync("add", {1, 2}, [&](Result<Value> r) {
+    EXPECT_TRUE(r.isOk()) << r.status();
+    called.set_value();
+    throw std::runtime_error("boom from a callback");
+  });
+  std::future<void> calledOnce = called.get_future();
+  ASSERT_TRUE(testing::readyWithin(calledOnce, kWait));
+  ASSERT_TRUE(logged.waitFor(LogLevel::kError, "boom from a callback")) << logged.dump();
+  client.callAsync("add", {1, 2}, [](Result<Value>) { throw 42; });
+  ASSERT_TRUE(logged.waitFor(LogLevel::kError, "not derived from std::exception"))
+      << logged.dump();
+  EXPECT_EQ(client.template call<int64_t>("add", 2, 3).value(), 5);
+  EXPECT_EQ(client.stats().callbackErrors, 2u);
 }
 
 }  // namespace

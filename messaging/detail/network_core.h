@@ -10,6 +10,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <exception>
 #include <functional>
 #include <map>
 #include <memory>
@@ -64,7 +65,8 @@ struct EventSlot {
 };
 // Unregistered slots: waits until the callback is not running, then destroys it.
 void releaseSlot(EventSlot& slot);
-void deliverTo(EventSlot& slot, const NetworkEvent& event);
+// Runs the slot's callback unless released; returns what it threw, if it did.
+std::exception_ptr deliverTo(EventSlot& slot, const NetworkEvent& event);
 
 class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
  public:
@@ -143,7 +145,11 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
 
   enum class StartReason { kWanted, kRetryTimer };
 
+  // Runs fx's outcome callbacks, then delivers queued events. A callback that throws (outcome
+  // or event) goes to callbackThrew(); the others still run.
   void finish(Effects& fx);
+  // Logs (with back-off) and counts (callbackErrors_) what `whose` callback threw.
+  void callbackThrew(std::string_view whose, std::exception_ptr thrown);
   // Counts a call's outcome and records its latency; every ended call passes here once.
   void recordOutcomeLocked(const Pending& call, StatusCode code, Deadline ended);
   void deliverEvents();
@@ -230,7 +236,7 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
 
   std::atomic<uint64_t> calls_{0}, replayed_{0}, failovers_{0}, timeouts_{0}, peerLost_{0},
       heartbeats_{0}, lateReplies_{0}, badReplies_{0}, dismissals_{0}, connectAttempts_{0},
-      pingsSent_{0};
+      pingsSent_{0}, callbackErrors_{0};
   std::array<std::atomic<uint64_t>, kStatusCodeCount> outcomes_{};  // calls ended, by code
   LatencyHistogram callLatency_;  // call() to outcome, every outcome
 };
