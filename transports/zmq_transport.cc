@@ -14,11 +14,13 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <random>
 #include <span>
 #include <thread>
+#include <utility>
 #include <vector>
 #include <boost/container/small_vector.hpp>
 #include <zmq.hpp>
@@ -571,8 +573,10 @@ std::string uniqueMonitorEndpoint() {
 }
 
 // A DEALER connected to the transport's URL, sent on by the callers of send() and received from
-// by the channel's I/O thread, in turn under mutex_; with an `onLink` callback also a PAIR
-// socket, the I/O thread's alone, that receives the DEALER's monitor events.
+// by the channel's I/O thread, in turn under socketMutex_; with an `onLink` callback also a PAIR
+// socket, the I/O thread's alone, that receives the DEALER's monitor events. What callers queue
+// has a mutex of its own (mutex_), held briefly: a caller never waits while the I/O thread
+// sends and receives a batch.
 class ZmqChannel final : public ClientChannel {
  public:
   ZmqChannel(std::shared_ptr<ZmqShared> shared, ReplyCallback onReply, LinkCallback onLink)
@@ -624,12 +628,15 @@ class ZmqChannel final : public ClientChannel {
   Status send(const Address&, std::string bytes, Deadline deadline) override {
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopping_) return Status(StatusCode::kShuttingDown, "channel closing");
-    if (ioAsleep_ && !woken_ && pending_.empty()) {
+    if (ioAsleep_ && !woken_ && pending_.empty() && !backlogged_) {
       const Deadline now = Clock::now();
       directInBurst_ =
           now - lastDirectSend_ < kBurstGap ? std::min(directInBurst_ + 1, kDirectPerBurst + 1) : 1;
       lastDirectSend_ = now;
-      if (directInBurst_ <= kDirectPerBurst) {
+      // The I/O thread does not hold the socket while it sleeps; should it have just woken and
+      // taken it (lock order: socketMutex_, then mutex_), the message is queued instead.
+      std::unique_lock<std::mutex> socketLock(socketMutex_, std::try_to_lock);
+      if (directInBurst_ <= kDirectPerBurst && socketLock.owns_lock()) {
         try {
           if (dealer_.send(zmq::buffer(bytes), zmq::send_flags::dontwait)) {
             if (isReadable(dealer_)) waker_.wake();  // the send consumed its signal
@@ -640,7 +647,7 @@ class ZmqChannel final : public ClientChannel {
         }
       }
     }
-    if (!pending_.empty() && pendingBytes_ + bytes.size() > shared_->options_.maxQueuedBytes) {
+    if (pendingBytes_ != 0 && pendingBytes_ + bytes.size() > shared_->options_.maxQueuedBytes) {
       shared_->sendsRefused_.fetch_add(1, std::memory_order_relaxed);
       return Status(StatusCode::kOverloaded,
                     "channel to " + shared_->url_ + " has " + std::to_string(pendingBytes_) +
@@ -660,13 +667,14 @@ class ZmqChannel final : public ClientChannel {
     std::string bytes;
     Deadline deadline;
   };
-  static constexpr size_t kReceiveBatch = 256;  // replies taken per turn of the mutex
+  static constexpr size_t kReceiveBatch = 256;  // replies taken per turn of the socket
   static constexpr Duration kBurstGap = std::chrono::microseconds(10);
   static constexpr int kDirectPerBurst = 3;
   static constexpr long kErrorRetryMs = 100;
 
-  // Under mutex_, sends what waits and takes what arrived; without it, lends the replies' frames
-  // to onReply_ and sleeps on the dealer's ZMQ_FD, the waker and the monitor.
+  // Under socketMutex_, takes what callers queued, sends what waits and takes what arrived;
+  // without it, lends the replies' frames to onReply_ and sleeps on the dealer's ZMQ_FD, the
+  // waker and the monitor.
   void ioLoop() {
     std::vector<zmq::message_t> replies;  // the body frames taken in one turn
     std::vector<std::string_view> views;  // of replies, for onReply_
@@ -674,11 +682,19 @@ class ZmqChannel final : public ClientChannel {
       Deadline next = kNoDeadline;
       int socketFd = -1;
       bool lookAgain = false;
+      size_t doneBytes = 0;  // of held_'s messages sent or expired this turn
       try {
-        std::lock_guard<std::mutex> lock(mutex_);
-        ioAsleep_ = false;
-        woken_ = false;
-        if (stopping_) {
+        std::lock_guard<std::mutex> socketLock(socketMutex_);
+        bool stopping = false;
+        {
+          std::lock_guard<std::mutex> lock(mutex_);
+          ioAsleep_ = false;
+          woken_ = false;
+          stopping = stopping_;  // once set, send() queues nothing more
+          std::move(pending_.begin(), pending_.end(), std::back_inserter(held_));
+          pending_.clear();
+        }
+        if (stopping) {
           flushOnCloseLocked();
           closeSockets();
           return;
@@ -686,21 +702,20 @@ class ZmqChannel final : public ClientChannel {
         // Every expired message goes, wherever it waits (not only at the head: a poll timeout
         // from a deadline already passed would spin).
         const Deadline now = Clock::now();
-        const size_t expired =
-            std::erase_if(pending_, [&](const Outgoing& o) {
-              if (now < o.deadline) return false;
-              pendingBytes_ -= o.bytes.size();
-              return true;
-            });
+        const size_t expired = std::erase_if(held_, [&](const Outgoing& o) {
+          if (now < o.deadline) return false;
+          doneBytes += o.bytes.size();
+          return true;
+        });
         for (size_t i = 0; i < expired; ++i) {
           shared_->drop(shared_->sendsExpired_, "request not sent before its deadline");
         }
-        while (!pending_.empty() &&
-               dealer_.send(zmq::buffer(pending_.front().bytes), zmq::send_flags::dontwait)) {
-          pendingBytes_ -= pending_.front().bytes.size();
-          pending_.pop_front();
+        while (!held_.empty() &&
+               dealer_.send(zmq::buffer(held_.front().bytes), zmq::send_flags::dontwait)) {
+          doneBytes += held_.front().bytes.size();
+          held_.pop_front();
         }
-        for (const Outgoing& o : pending_) next = std::min(next, o.deadline);
+        for (const Outgoing& o : held_) next = std::min(next, o.deadline);
         zmq::message_t frame;
         while (replies.size() < kReceiveBatch &&
                dealer_.recv(frame, zmq::recv_flags::dontwait)) {
@@ -711,12 +726,20 @@ class ZmqChannel final : public ClientChannel {
         // waits (a send takes commands at most once a millisecond): then look again.
         const int events = dealer_.get(zmq::sockopt::events);
         lookAgain =
-            (events & ZMQ_POLLIN) != 0 || (!pending_.empty() && (events & ZMQ_POLLOUT) != 0);
+            (events & ZMQ_POLLIN) != 0 || (!held_.empty() && (events & ZMQ_POLLOUT) != 0);
         socketFd = dealer_.get(zmq::sockopt::fd);
+        std::lock_guard<std::mutex> lock(mutex_);
+        pendingBytes_ -= std::exchange(doneBytes, 0);
+        backlogged_ = !held_.empty();
+        lookAgain = lookAgain || !pending_.empty();  // queued meanwhile, without a wake-up
         ioAsleep_ = replies.empty() && !lookAgain;
       } catch (const zmq::error_t& e) {
-        if (e.num() == ETERM) {
+        if (doneBytes != 0) {
           std::lock_guard<std::mutex> lock(mutex_);
+          pendingBytes_ -= doneBytes;
+        }
+        if (e.num() == ETERM) {
+          std::lock_guard<std::mutex> socketLock(socketMutex_);
           closeSockets();
           return;
         }
@@ -826,15 +849,15 @@ class ZmqChannel final : public ClientChannel {
     }
   }
 
-  // Hands what is still unsent to the socket, waiting for room no longer than the linger
-  // period; LINGER then bounds how long the socket keeps trying to deliver it.
+  // Under socketMutex_, once stopping_: hands what is still unsent to the socket, waiting for
+  // room no longer than the linger period; LINGER then bounds how long the socket keeps trying
+  // to deliver it.
   void flushOnCloseLocked() {
     const Deadline giveUp = deadlineAfter(std::chrono::milliseconds(shared_->options_.lingerMs));
     try {
-      while (!pending_.empty() && Clock::now() < giveUp) {
-        if (dealer_.send(zmq::buffer(pending_.front().bytes), zmq::send_flags::dontwait)) {
-          pendingBytes_ -= pending_.front().bytes.size();
-          pending_.pop_front();
+      while (!held_.empty() && Clock::now() < giveUp) {
+        if (dealer_.send(zmq::buffer(held_.front().bytes), zmq::send_flags::dontwait)) {
+          held_.pop_front();
           continue;
         }
         zmq_pollitem_t item{dealer_.handle(), 0, ZMQ_POLLOUT, 0};
@@ -842,24 +865,30 @@ class ZmqChannel final : public ClientChannel {
       }
     } catch (const zmq::error_t&) {
     }
-    for (size_t i = 0; i < pending_.size(); ++i) {
+    for (size_t i = 0; i < held_.size(); ++i) {
       shared_->drop(shared_->sendsExpired_, "message not sent before the channel closed");
     }
-    pending_.clear();
+    held_.clear();
+    std::lock_guard<std::mutex> lock(mutex_);
     pendingBytes_ = 0;
   }
 
   std::shared_ptr<ZmqShared> shared_;
   const ReplyCallback onReply_;
   const LinkCallback onLink_;
-  std::mutex mutex_;
-  zmq::socket_t dealer_;          // guarded by mutex_ once connect() started the I/O thread
-  zmq::socket_t monitor_;         // the I/O thread's; empty without onLink_
-  bool linkUp_ = false;           // I/O thread only: the last link event was kUp
+  std::mutex socketMutex_;  // taken before mutex_ when both are held
+  zmq::socket_t dealer_;    // guarded by socketMutex_ once connect() started the I/O thread
+  zmq::socket_t monitor_;   // the I/O thread's; empty without onLink_
+  bool linkUp_ = false;     // I/O thread only: the last link event was kUp
+  // guarded by socketMutex_: taken from pending_, not yet taken by the socket (its high-water
+  // mark), in order
+  std::deque<Outgoing> held_;
   Waker waker_;
+  std::mutex mutex_;
   bool stopping_ = false;         // guarded by mutex_
-  std::deque<Outgoing> pending_;  // guarded by mutex_: not yet taken by the socket, in order
-  size_t pendingBytes_ = 0;       // guarded by mutex_: of pending_'s messages
+  std::deque<Outgoing> pending_;  // guarded by mutex_: queued by callers, in order, after held_
+  size_t pendingBytes_ = 0;       // guarded by mutex_: of pending_'s and held_'s messages
+  bool backlogged_ = false;       // guarded by mutex_: held_ was not empty at the last turn
   // guarded by mutex_: the I/O thread looked at the dealer last and sleeps on its ZMQ_FD (or is
   // about to); only then may a caller's send hide a readable reply from it
   bool ioAsleep_ = false;
