@@ -691,8 +691,12 @@ class ZmqChannel final : public ClientChannel {
           ioAsleep_ = false;
           woken_ = false;
           stopping = stopping_;  // once set, send() queues nothing more
-          std::move(pending_.begin(), pending_.end(), std::back_inserter(held_));
-          pending_.clear();
+          if (held_.empty()) {
+            held_.swap(pending_);  // the usual case: no copy under the lock callers wait for
+          } else {
+            std::move(pending_.begin(), pending_.end(), std::back_inserter(held_));
+            pending_.clear();
+          }
         }
         if (stopping) {
           flushOnCloseLocked();
