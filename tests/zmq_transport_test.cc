@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <fstream>
 #include <future>
 #include <latch>
 #include <mutex>
@@ -426,6 +427,92 @@ TEST_F(ZmqLinkEventTest, RepliesFromManyThreadsWhileTheListenerPollsAllArrive) {
   }
   EXPECT_EQ(server_->stats().repliesSent, uint64_t{kRounds * kRequests});
   EXPECT_EQ(server_->stats().repliesDropped, 0u);
+}
+
+// The state letter of thread `tid` of this process ('S': asleep, here in poll()), from /proc.
+char threadState(pid_t tid) {
+  std::ifstream stat("/proc/self/task/" + std::to_string(tid) + "/stat");
+  std::string line;
+  std::getline(stat, line);
+  const size_t afterName = line.rfind(')');
+  return afterName == std::string::npos || afterName + 2 >= line.size() ? '?'
+                                                                         : line[afterName + 2];
+}
+
+// Takes `n` requests the channel sent, polling on this thread.
+std::vector<IncomingPtr> takeRequests(Listener& listener, ClientChannel& channel, size_t n) {
+  Address to;
+  to.topic = "t";
+  for (size_t i = 0; i < n; ++i) {
+    EXPECT_OK(channel.send(to, "request " + std::to_string(i), deadlineAfter(kWait)));
+  }
+  std::vector<IncomingPtr> in;
+  const Deadline giveUp = deadlineAfter(kWait);
+  while (in.size() < n && Clock::now() < giveUp) {
+    EXPECT_OK(listener.poll(giveUp, n - in.size(), in));
+  }
+  EXPECT_EQ(in.size(), n);
+  return in;
+}
+
+// While the listener's poller sleeps, a reply with other messages still unanswered is left for
+// it: woken, it sends the reply and sleeps on; the last unanswered message's reply goes out on
+// the replying thread. Both arrive while the poller stays in its one poll().
+TEST_F(ZmqLinkEventTest, RepliesLeftForTheSleepingPollerGoOutAtOnce) {
+  const std::string url = listen();
+  testing::Events received;
+  std::unique_ptr<ClientChannel> channel =
+      this->channel(url, testing::eachReply([&](std::string) { received.add(); }));
+  std::vector<IncomingPtr> in = takeRequests(*listener_, *channel, 2);
+  ASSERT_EQ(in.size(), 2u);
+  std::promise<pid_t> pollerTid;
+  std::promise<size_t> polled;  // how many messages the one poll() took
+  std::future<size_t> pollDone = polled.get_future();
+  std::jthread poller([&] {  // joined on the way out, also after a failed assertion
+    pollerTid.set_value(static_cast<pid_t>(::gettid()));
+    std::vector<IncomingPtr> none;
+    EXPECT_OK(listener_->poll(deadlineAfter(3 * kWait), 1, none));  // past every wait below
+    polled.set_value(none.size());
+  });
+  const pid_t tid = pollerTid.get_future().get();
+  const Deadline giveUp = deadlineAfter(kWait);
+  while (threadState(tid) != 'S' && Clock::now() < giveUp) std::this_thread::yield();
+  ASSERT_EQ(threadState(tid), 'S') << "the poller never slept";
+  ASSERT_OK(in[0]->reply("first"));  // in[1] is unanswered: left for the poller
+  EXPECT_TRUE(received.waitFor(1, kWait)) << "the reply left for the poller was stranded";
+  ASSERT_OK(in[1]->reply("second"));  // the last: sent here
+  EXPECT_TRUE(received.waitFor(2, kWait));
+  EXPECT_FALSE(testing::readyWithin(pollDone, 0s)) << "the poller returned before its deadline";
+  listener_->interrupt();
+  EXPECT_TRUE(testing::readyWithin(pollDone, kWait));
+  EXPECT_EQ(pollDone.get(), 0u);
+  EXPECT_EQ(server_->stats().repliesSent, 2u);
+}
+
+// A poll() that returned (at its deadline, or interrupted) leaves no poller to leave replies
+// for: a reply with another message unanswered goes out on the replying thread.
+TEST_F(ZmqLinkEventTest, RepliesAfterThePollerReturnedGoOutOnTheReplyingThread) {
+  const std::string url = listen();
+  testing::Events received;
+  std::unique_ptr<ClientChannel> channel =
+      this->channel(url, testing::eachReply([&](std::string) { received.add(); }));
+  std::vector<IncomingPtr> in = takeRequests(*listener_, *channel, 3);
+  ASSERT_EQ(in.size(), 3u);
+  std::vector<IncomingPtr> none;
+  ASSERT_OK(listener_->poll(deadlineAfter(1ms), 1, none));  // slept until its deadline
+  ASSERT_TRUE(none.empty());
+  ASSERT_OK(in[0]->reply("after a deadline"));
+  EXPECT_TRUE(received.waitFor(1, kWait)) << "a reply was left for a poller that returned";
+  std::thread poller([&] {
+    std::vector<IncomingPtr> taken;
+    EXPECT_OK(listener_->poll(deadlineAfter(kWait), 1, taken));
+    EXPECT_TRUE(taken.empty());
+  });
+  listener_->interrupt();
+  poller.join();
+  ASSERT_OK(in[1]->reply("after an interrupt"));
+  EXPECT_TRUE(received.waitFor(2, kWait)) << "a reply was left for a poller that returned";
+  EXPECT_EQ(server_->stats().repliesSent, 2u);
 }
 
 // A listener and a channel on one ZmqTransport over inproc, with a high-water mark of 2: a peer

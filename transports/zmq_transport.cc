@@ -302,37 +302,54 @@ class PolledSocket {
 
   // The receiving loop of a Listener::poll(): under mutex_, `takeLocked(wakeAt)` takes what
   // arrived and returns how many (it may bring `wakeAt`, initially `deadline`, forward); with
-  // nothing taken and nothing readable it sleeps until a message, interrupt() or wakeAt.
+  // nothing taken and nothing readable it sleeps until a message, interrupt(), work left for it
+  // (wakePollerForLeftWorkLocked()) or wakeAt. It returns under mutex_ only, having done the
+  // work left for it (release()): when it returns, no thread sleeps on the socket.
   // kShuttingDown once closed, kTransportError when the socket fails.
   template <typename TakeLocked>
   Status pollReceived(Deadline deadline, TakeLocked&& takeLocked) {
+    Status pollFailed = Status::ok();
+    bool deadlinePassed = false;
     for (;;) {
       int socketFd = -1;
       Deadline wakeAt = deadline;
       try {
         Hold hold(*this);
         pollerAsleep_ = false;
+        pollerWoken_ = false;
         if (closed_) return Status(StatusCode::kShuttingDown, "listener closed");
+        if (!pollFailed) return pollFailed;
         if (takeLocked(wakeAt) > 0) return Status::ok();
+        if (deadlinePassed || interrupted_.exchange(false)) return Status::ok();
         if (isReadable(socket_)) continue;
         socketFd = socket_.get(zmq::sockopt::fd);
         pollerAsleep_ = true;
       } catch (const zmq::error_t& e) {
         return Status(StatusCode::kTransportError, e.what());
       }
-      if (interrupted_.exchange(false)) return Status::ok();
       zmq_pollitem_t items[2] = {{nullptr, socketFd, ZMQ_POLLIN, 0},
                                  {nullptr, waker_.fd(), ZMQ_POLLIN, 0}};
       try {
         zmq::poll(items, 2, std::chrono::milliseconds(pollTimeoutMs(wakeAt)));
       } catch (const zmq::error_t& e) {
-        if (e.num() != EINTR) return Status(StatusCode::kTransportError, e.what());
+        if (e.num() != EINTR) pollFailed = Status(StatusCode::kTransportError, e.what());
       }
       if (items[1].revents != 0) waker_.drain();
-      if (items[0].revents == 0 && items[1].revents == 0 && Clock::now() >= deadline) {
-        return Status::ok();
-      }
+      deadlinePassed =
+          items[0].revents == 0 && items[1].revents == 0 && Clock::now() >= deadline;
     }
+  }
+
+  // Under mutex_: when the receiving thread sleeps on the socket, wakes it (once per sleep) to
+  // do the work left for it, and returns true; its holder may then let go of mutex_ without
+  // release(), since the receiving thread does all work left. False when it is awake.
+  bool wakePollerForLeftWorkLocked() {
+    if (!pollerAsleep_) return false;
+    if (!pollerWoken_) {
+      pollerWoken_ = true;
+      waker_.wake();
+    }
+    return true;
   }
 
   std::mutex mutex_;
@@ -341,6 +358,7 @@ class PolledSocket {
   // guarded by mutex_: the receiving thread looked at the socket last and sleeps on its ZMQ_FD
   // (or is about to); only then may another user's send hide a readable message from it
   bool pollerAsleep_ = false;
+  bool pollerWoken_ = false;  // guarded by mutex_: woken for left work since it last slept
 
  protected:
   ~PolledSocket() = default;
@@ -373,23 +391,33 @@ class ZmqListenerCore final : public PolledSocket {
 
   // Sends on the calling thread; when another thread holds the socket, leaves the reply for that
   // thread to send before it lets go (release()): a replying thread never waits for the socket.
+  // While the receiving thread sleeps and other messages taken from this socket are unanswered
+  // (taken()), leaves it for the receiving thread instead: a send here would have to read
+  // ZMQ_EVENTS afterwards (wakePollerIfReadableLocked(), two system calls in libzmq) for every
+  // reply, where the receiving thread, woken once, sends all the replies left meanwhile and
+  // looks once. A lone call's reply still goes out here, with no hand-off on its way.
   Status reply(const RoutingFrames& routing, std::string body) {
     std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
     if (lock.owns_lock()) {
+      if (!closed_ && unanswered_.load(std::memory_order_relaxed) > 0 &&
+          wakePollerForLeftWorkLocked()) {
+        leave(routing, std::move(body));
+        return Status::ok();  // the receiving thread sends it
+      }
       sendOrDropLocked(routing, body);
       wakePollerLocked();
     } else {
-      {
-        std::lock_guard<std::mutex> leftLock(leftMutex_);
-        left_.push_back({routing, std::move(body)});
-        hasLeft_.store(true);
-      }
+      leave(routing, std::move(body));
       std::atomic_thread_fence(std::memory_order_seq_cst);  // pairs with release()'s
       if (!lock.try_lock()) return Status::ok();  // the holder's release() sends it
     }
     release(lock);
     return Status::ok();
   }
+
+  // Messages taken from this socket (ZmqIncoming) and neither replied to nor destroyed.
+  void taken() { unanswered_.fetch_add(1, std::memory_order_relaxed); }
+  void settled() { unanswered_.fetch_sub(1, std::memory_order_relaxed); }
 
   void close() {
     {
@@ -409,6 +437,12 @@ class ZmqListenerCore final : public PolledSocket {
     RoutingFrames routing;
     std::string body;
   };
+
+  void leave(const RoutingFrames& routing, std::string body) {
+    std::lock_guard<std::mutex> leftLock(leftMutex_);
+    left_.push_back({routing, std::move(body)});
+    hasLeft_.store(true);
+  }
 
   bool hasLeftWork() const override { return hasLeft_.load(); }
 
@@ -462,6 +496,7 @@ class ZmqListenerCore final : public PolledSocket {
   std::vector<LeftReply> left_;  // guarded by leftMutex_: replies left for the socket's holder
   std::atomic<bool> hasLeft_{false};  // written under leftMutex_: left_ may be non-empty
   std::vector<LeftReply> sending_;    // guarded by mutex_: leftWorkLocked()'s batch
+  std::atomic<size_t> unanswered_{0};  // see taken()
 };
 
 class ZmqIncoming final : public IncomingMessage {
@@ -473,16 +508,26 @@ class ZmqIncoming final : public IncomingMessage {
         body_(std::move(body)),
         identity_(std::move(identity)) {
     peer_ = "zmq:" + hexOf(routing_.front());
+    core_->taken();
   }
+  ~ZmqIncoming() override { settle(); }
   std::string_view body() const override { return body_.to_string_view(); }
   void releaseBody() override { body_ = zmq::message_t(); }
-  Status reply(std::string bytes) override { return core_->reply(routing_, std::move(bytes)); }
+  Status reply(std::string bytes) override {
+    settle();
+    return core_->reply(routing_, std::move(bytes));
+  }
   void acknowledge() override {}
   std::string_view peer() const override { return peer_; }
   std::string_view identity() const override { return identity_; }
 
  private:
+  void settle() {
+    if (std::exchange(unanswered_, false)) core_->settled();
+  }
+
   std::shared_ptr<ZmqListenerCore> core_;
+  bool unanswered_ = true;  // counted in core_'s unanswered messages
   RoutingFrames routing_;
   // The frame as received, until releaseBody(): it may share one of libzmq's decode buffers
   // with other messages, which a request kept for a long call would pin, and it was written on
