@@ -327,16 +327,13 @@ class PolledSocket {
       } catch (const zmq::error_t& e) {
         return Status(StatusCode::kTransportError, e.what());
       }
-      zmq_pollitem_t items[2] = {{nullptr, socketFd, ZMQ_POLLIN, 0},
-                                 {nullptr, waker_.fd(), ZMQ_POLLIN, 0}};
-      try {
-        zmq::poll(items, 2, std::chrono::milliseconds(pollTimeoutMs(wakeAt)));
-      } catch (const zmq::error_t& e) {
-        if (e.num() != EINTR) pollFailed = Status(StatusCode::kTransportError, e.what());
+      pollfd fds[2] = {{socketFd, POLLIN, 0}, {waker_.fd(), POLLIN, 0}};
+      if (!waitReadable(fds, pollTimeoutMs(wakeAt))) {
+        pollFailed = Status(StatusCode::kTransportError,
+                            std::string("poll: ") + std::strerror(errno));
       }
-      if (items[1].revents != 0) waker_.drain();
-      deadlinePassed =
-          items[0].revents == 0 && items[1].revents == 0 && Clock::now() >= deadline;
+      if (fds[1].revents != 0) waker_.drain();
+      deadlinePassed = fds[0].revents == 0 && fds[1].revents == 0 && Clock::now() >= deadline;
     }
   }
 
@@ -723,6 +720,11 @@ class ZmqChannel final : public ClientChannel {
   void ioLoop() {
     std::vector<zmq::message_t> replies;  // the body frames taken in one turn
     std::vector<std::string_view> views;  // of replies, for onReply_
+    try {
+      if (monitor_) receiveLinkEvents();  // from here on monitorFd_ signals every new event
+    } catch (const zmq::error_t&) {
+      // ETERM: the first turn closes the sockets
+    }
     for (;;) {
       Deadline next = kNoDeadline;
       int socketFd = -1;
@@ -804,13 +806,15 @@ class ZmqChannel final : public ClientChannel {
       if (lookAgain || received) continue;  // look again before sleeping
       // After a socket error (socketFd -1, which poll ignores) it looks again in a while.
       const long timeout = socketFd < 0 ? kErrorRetryMs : pollTimeoutMs(next);
+      pollfd fds[3] = {
+          {socketFd, POLLIN, 0}, {waker_.fd(), POLLIN, 0}, {monitorFd_, POLLIN, 0}};
+      if (!waitReadable(std::span(fds, monitor_ ? 3 : 2), timeout)) {
+        shared_->options_.log(LogLevel::kError, "zmq",
+                              std::string("poll: ") + std::strerror(errno));
+      }
+      if (fds[1].revents != 0) waker_.drain();
       try {
-        zmq_pollitem_t items[3] = {{nullptr, socketFd, ZMQ_POLLIN, 0},
-                                   {nullptr, waker_.fd(), ZMQ_POLLIN, 0},
-                                   {monitor_.handle(), 0, ZMQ_POLLIN, 0}};
-        zmq::poll(items, monitor_ ? 3 : 2, std::chrono::milliseconds(timeout));
-        if (items[1].revents != 0) waker_.drain();
-        if (monitor_ && (items[2].revents & ZMQ_POLLIN) != 0) receiveLinkEvents();
+        if (monitor_ && fds[2].revents != 0) receiveLinkEvents();
       } catch (const zmq::error_t& e) {
         if (e.num() != EINTR && e.num() != ETERM) {
           shared_->options_.log(LogLevel::kError, "zmq", e.what());
@@ -828,6 +832,7 @@ class ZmqChannel final : public ClientChannel {
     monitor_ = zmq::socket_t(shared_->context_, zmq::socket_type::pair);
     monitor_.set(zmq::sockopt::linger, 0);
     monitor_.connect(endpoint);
+    monitorFd_ = monitor_.get(zmq::sockopt::fd);
   }
 
   // Stops and closes the monitor first, then the dealer. Idempotent.
@@ -928,6 +933,9 @@ class ZmqChannel final : public ClientChannel {
   std::mutex socketMutex_;  // taken before mutex_ when both are held
   zmq::socket_t dealer_;    // guarded by socketMutex_ once connect() started the I/O thread
   zmq::socket_t monitor_;   // the I/O thread's; empty without onLink_
+  // monitor_'s ZMQ_FD, which the I/O thread sleeps on; receiveLinkEvents() reads until nothing
+  // is left, after which the descriptor signals the next event
+  int monitorFd_ = -1;
   bool linkUp_ = false;     // I/O thread only: the last link event was kUp
   // guarded by socketMutex_: taken from pending_, not yet taken by the socket (its high-water
   // mark), in order

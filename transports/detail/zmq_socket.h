@@ -2,12 +2,14 @@
 // the eventfd waker for zmq::poll, socket options from limits, poll timeouts, ZMQ_EVENTS.
 #pragma once
 
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <span>
 #include <system_error>
 #include <zmq.hpp>
 
@@ -58,6 +60,15 @@ inline long pollTimeoutMs(Deadline deadline) {
   if (left <= Duration::zero()) return 0;
   const auto ms = std::chrono::ceil<std::chrono::milliseconds>(left).count();
   return ms > 3600 * 1000 ? 3600 * 1000 : static_cast<long>(ms);
+}
+
+// Sleeps until one of `fds` is ready (their revents say which) or `timeoutMs` (-1: none)
+// passed, in one poll() system call; zmq::poll makes one with a zero timeout first, and reads
+// ZMQ_EVENTS before and after for every ZeroMQ socket among its items. Wait on a socket's
+// ZMQ_FD here only after isReadable() or a receive that found nothing (that descriptor signals
+// changes only). False on an error other than EINTR (a signal wakes it like an event).
+inline bool waitReadable(std::span<pollfd> fds, long timeoutMs) {
+  return ::poll(fds.data(), fds.size(), static_cast<int>(timeoutMs)) >= 0 || errno == EINTR;
 }
 
 // True when `socket` has a message to read. Reading ZMQ_EVENTS also resets the socket's ZMQ_FD,
