@@ -420,6 +420,7 @@ class ZmqListenerCore final : public PolledSocket {
     {
       Hold hold(*this);
       if (closed_) return;
+      if (hasLeftWork()) leftWorkLocked();  // replies left for the poller go out first
       closed_ = true;
       socket_.close();
     }
