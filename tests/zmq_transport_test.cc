@@ -301,11 +301,17 @@ class ZmqLinkEventTest : public ::testing::Test {
     return std::move(channel).value();
   }
 
+  // A channel to `url` whose replies are counted in received_.
+  std::unique_ptr<ClientChannel> countingChannel(const std::string& url) {
+    return channel(url, testing::eachReply([this](std::string) { received_.add(); }));
+  }
+
   ZmqContext context_;
   std::unique_ptr<ZmqTransport> server_;
   std::unique_ptr<ZmqTransport> client_;
   std::unique_ptr<Listener> listener_;
   LinkLog links_;
+  testing::Events received_;  // replies of a countingChannel()
 };
 
 TEST_F(ZmqLinkEventTest, ChannelToABoundListenerReportsUp) {
@@ -389,11 +395,7 @@ TEST_F(ZmqLinkEventTest, RepliesFromManyThreadsWhileTheListenerPollsAllArrive) {
   constexpr int kRounds = 20;
   constexpr int kRequests = 500;  // per round
   constexpr int kRepliers = 4;
-  const std::string url = listen();
-  testing::Events received;
-  std::unique_ptr<ClientChannel> channel = this->channel(url, testing::eachReply([&](std::string) {
-    received.add();
-  }));
+  std::unique_ptr<ClientChannel> channel = countingChannel(listen());
   for (int round = 1; round <= kRounds; ++round) {
     for (int i = 0; i < kRequests; ++i) {
       ASSERT_OK(channel->send(address(""), "request", deadlineAfter(kWait)));
@@ -422,8 +424,8 @@ TEST_F(ZmqLinkEventTest, RepliesFromManyThreadsWhileTheListenerPollsAllArrive) {
     for (std::thread& t : repliers) t.join();
     replying.store(false);
     poller.join();
-    ASSERT_TRUE(received.waitFor(round * kRequests, kWait))
-        << "round " << round << ": " << received.count() << " of " << round * kRequests;
+    ASSERT_TRUE(received_.waitFor(round * kRequests, kWait))
+        << "round " << round << ": " << received_.count() << " of " << round * kRequests;
   }
   EXPECT_EQ(server_->stats().repliesSent, uint64_t{kRounds * kRequests});
   EXPECT_EQ(server_->stats().repliesDropped, 0u);
@@ -459,10 +461,7 @@ std::vector<IncomingPtr> takeRequests(Listener& listener, ClientChannel& channel
 // it: woken, it sends the reply and sleeps on; the last unanswered message's reply goes out on
 // the replying thread. Both arrive while the poller stays in its one poll().
 TEST_F(ZmqLinkEventTest, RepliesLeftForTheSleepingPollerGoOutAtOnce) {
-  const std::string url = listen();
-  testing::Events received;
-  std::unique_ptr<ClientChannel> channel =
-      this->channel(url, testing::eachReply([&](std::string) { received.add(); }));
+  std::unique_ptr<ClientChannel> channel = countingChannel(listen());
   std::vector<IncomingPtr> in = takeRequests(*listener_, *channel, 2);
   ASSERT_EQ(in.size(), 2u);
   std::promise<pid_t> pollerTid;
@@ -479,9 +478,9 @@ TEST_F(ZmqLinkEventTest, RepliesLeftForTheSleepingPollerGoOutAtOnce) {
   while (threadState(tid) != 'S' && Clock::now() < giveUp) std::this_thread::yield();
   ASSERT_EQ(threadState(tid), 'S') << "the poller never slept";
   ASSERT_OK(in[0]->reply("first"));  // in[1] is unanswered: left for the poller
-  EXPECT_TRUE(received.waitFor(1, kWait)) << "the reply left for the poller was stranded";
+  EXPECT_TRUE(received_.waitFor(1, kWait)) << "the reply left for the poller was stranded";
   ASSERT_OK(in[1]->reply("second"));  // the last: sent here
-  EXPECT_TRUE(received.waitFor(2, kWait));
+  EXPECT_TRUE(received_.waitFor(2, kWait));
   EXPECT_FALSE(testing::readyWithin(pollDone, 0s)) << "the poller returned before its deadline";
   listener_->interrupt();
   EXPECT_TRUE(testing::readyWithin(pollDone, kWait));
@@ -492,17 +491,14 @@ TEST_F(ZmqLinkEventTest, RepliesLeftForTheSleepingPollerGoOutAtOnce) {
 // A poll() that returned (at its deadline, or interrupted) leaves no poller to leave replies
 // for: a reply with another message unanswered goes out on the replying thread.
 TEST_F(ZmqLinkEventTest, RepliesAfterThePollerReturnedGoOutOnTheReplyingThread) {
-  const std::string url = listen();
-  testing::Events received;
-  std::unique_ptr<ClientChannel> channel =
-      this->channel(url, testing::eachReply([&](std::string) { received.add(); }));
+  std::unique_ptr<ClientChannel> channel = countingChannel(listen());
   std::vector<IncomingPtr> in = takeRequests(*listener_, *channel, 3);
   ASSERT_EQ(in.size(), 3u);
   std::vector<IncomingPtr> none;
   ASSERT_OK(listener_->poll(deadlineAfter(1ms), 1, none));  // slept until its deadline
   ASSERT_TRUE(none.empty());
   ASSERT_OK(in[0]->reply("after a deadline"));
-  EXPECT_TRUE(received.waitFor(1, kWait)) << "a reply was left for a poller that returned";
+  EXPECT_TRUE(received_.waitFor(1, kWait)) << "a reply was left for a poller that returned";
   std::thread poller([&] {
     std::vector<IncomingPtr> taken;
     EXPECT_OK(listener_->poll(deadlineAfter(kWait), 1, taken));
@@ -511,7 +507,7 @@ TEST_F(ZmqLinkEventTest, RepliesAfterThePollerReturnedGoOutOnTheReplyingThread) 
   listener_->interrupt();
   poller.join();
   ASSERT_OK(in[1]->reply("after an interrupt"));
-  EXPECT_TRUE(received.waitFor(2, kWait)) << "a reply was left for a poller that returned";
+  EXPECT_TRUE(received_.waitFor(2, kWait)) << "a reply was left for a poller that returned";
   EXPECT_EQ(server_->stats().repliesSent, 2u);
 }
 

@@ -1,7 +1,8 @@
 // ZmqTransport: ROUTER listeners polled by the executor's receiving thread, DEALER channels with
-// an I/O thread each. Replies are sent on the replying thread, requests on the caller's while
-// the channel is idle, under the socket's mutex; the receiving thread sleeps on ZMQ_FD and an
-// eventfd (see isReadable).
+// an I/O thread each. Replies are sent on the replying thread (or, while the receiving thread
+// sleeps and other calls are unanswered, left for it), requests on the caller's while the
+// channel is idle, under the socket's mutex; the receiving thread sleeps in poll() on ZMQ_FD and
+// an eventfd (see isReadable).
 // Also the context's ZAP handler for CURVE listeners, and the CURVE key helpers.
 #include "transports/zmq_transport.h"
 
@@ -254,8 +255,9 @@ class ZapHandler {
 using RoutingFrames = boost::container::small_vector<std::string, 2>;
 
 // A socket shared, under mutex_, by the thread that receives from it and by any thread that
-// sends on it (a ROUTER listener's replies, a broker subscriber's acknowledgements): no hand-off
-// to the receiving thread. The receiving thread sleeps on the socket's ZMQ_FD without the mutex;
+// sends on it (a ROUTER listener's replies, a broker subscriber's acknowledgements), mostly
+// without a hand-off to the receiving thread (work may be left for it: wakePollerForLeftWork-
+// Locked()). The receiving thread sleeps on the socket's ZMQ_FD without the mutex;
 // since that descriptor signals changes only, a sender that may have consumed the signal of a
 // message now readable wakes it through the waker.
 class PolledSocket {
@@ -318,6 +320,8 @@ class PolledSocket {
         pollerAsleep_ = false;
         pollerWoken_ = false;
         if (closed_) return Status(StatusCode::kShuttingDown, "listener closed");
+        // Replies left for it go out before it looks: the isReadable() below covers their sends.
+        if (hasLeftWork()) leftWorkLocked();
         if (!pollFailed) return pollFailed;
         if (takeLocked(wakeAt) > 0) return Status::ok();
         if (deadlinePassed || interrupted_.exchange(false)) return Status::ok();
@@ -521,11 +525,11 @@ class ZmqIncoming final : public IncomingMessage {
 
  private:
   void settle() {
-    if (std::exchange(unanswered_, false)) core_->settled();
+    if (std::exchange(counted_, false)) core_->settled();
   }
 
   std::shared_ptr<ZmqListenerCore> core_;
-  bool unanswered_ = true;  // counted in core_'s unanswered messages
+  bool counted_ = true;  // among core_'s unanswered messages (taken())
   RoutingFrames routing_;
   // The frame as received, until releaseBody(): it may share one of libzmq's decode buffers
   // with other messages, which a request kept for a long call would pin, and it was written on

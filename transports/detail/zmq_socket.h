@@ -1,5 +1,6 @@
 // What every ZeroMQ socket user of the project shares (the transport, the notification broker):
-// the eventfd waker for zmq::poll, socket options from limits, poll timeouts, ZMQ_EVENTS.
+// the eventfd waker, sleeping in poll() (waitReadable), socket options from limits, poll
+// timeouts, ZMQ_EVENTS.
 #pragma once
 
 #include <poll.h>
