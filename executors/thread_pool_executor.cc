@@ -15,15 +15,25 @@ namespace detail {
 struct QueuedTask {
   TaskPtr task;
   WorkGuard work;
+  Deadline queuedAt;
 };
 // The pool's shared state for one epoch.
 struct WorkQueue {
   std::mutex mutex;
-  std::condition_variable wakeup;  // idle threads wait here for a task or the lead
+  std::condition_variable wakeup;  // idle threads wait here for a wake-up or the epoch's end
   std::deque<QueuedTask> tasks;    // guarded by mutex: admitted, waiting for a thread
   size_t idle = 0;                 // guarded by mutex: threads waiting on wakeup
+  size_t wakeups = 0;              // guarded by mutex: wake-ups sent, not yet taken by a thread
+  size_t working = 0;              // guarded by mutex: threads running a task, not leading
   bool leaderTaken = false;        // guarded by mutex: a thread polls or is about to
   bool ended = false;              // guarded by mutex: the epoch is over; threads exit
+
+  // Idle threads no wake-up is on its way to.
+  bool anyAsleep() const { return idle > wakeups; }
+  // True when the oldest queued task has waited `patience` by `now` and a thread could take it.
+  bool frontOverdue(Deadline now, Duration patience) const {
+    return !tasks.empty() && anyAsleep() && now - tasks.front().queuedAt >= patience;
+  }
 };
 }  // namespace detail
 
@@ -86,23 +96,38 @@ Status ThreadPoolExecutor::admit() {
 
 void ThreadPoolExecutor::poolThreadMain() {
   detail::WorkQueue& q = *queue_;
+  const Duration patience = options_.wakeAnotherAfter;
   std::vector<TaskPtr> batch;
   std::vector<detail::QueuedTask> admitted;
   std::vector<std::pair<TaskPtr, Status>> refused;
   const auto collect = [&batch](TaskPtr task) { batch.push_back(std::move(task)); };
-  const auto runOne = [this](detail::QueuedTask item) {
+  const auto wakeOne = [&] {
+    ++q.wakeups;
+    wakeups_.fetch_add(1, std::memory_order_relaxed);
+    q.wakeup.notify_one();
+  };
+  // Runs a task with the lock released; counted as working meanwhile.
+  const auto runOne = [&](std::unique_lock<std::mutex>& lock, detail::QueuedTask item) {
+    ++q.working;
+    lock.unlock();
     item.task->run();
     item.task.reset();
     inFlight_.fetch_sub(1);
-    // item.work is released here: the epoch may end once the last task has finished.
+    item.work = WorkGuard();  // the epoch may end once the last task has finished
+    lock.lock();
+    --q.working;
   };
   bool leading = false;
   std::unique_lock<std::mutex> lock(q.mutex);
   for (;;) {
     if (!leading && !q.leaderTaken && !q.ended) leading = q.leaderTaken = true;
     if (leading) {
+      // With tasks queued and a thread asleep, the poll ends when the oldest is overdue.
+      const Deadline pollUntil = !q.tasks.empty() && q.anyAsleep()
+                                     ? q.tasks.front().queuedAt + patience
+                                     : kNoDeadline;
       lock.unlock();
-      if (!loop_.turn(collect)) {
+      if (!loop_.turn(collect, pollUntil)) {
         lock.lock();
         q.ended = true;  // no work guard is left, so no task is queued or running
         q.wakeup.notify_all();
@@ -115,23 +140,25 @@ void ThreadPoolExecutor::poolThreadMain() {
         if (Status why = admit(); !why) {
           refused.emplace_back(std::move(task), std::move(why));
         } else {
-          admitted.push_back({std::move(task), loop_.acquireWork()});
+          admitted.push_back({std::move(task), loop_.acquireWork(), {}});
         }
       }
       batch.clear();
+      const Deadline now = Clock::now();
       lock.lock();
       detail::QueuedTask mine;
       auto next = admitted.begin();
       // A lone task runs here while an idle thread takes the lead: no hand-off on its way. A
-      // batch means load: the leader keeps polling and idle threads take the batch from the
-      // queue (waking a new leader for every batch cost more than it saved).
-      if (admitted.size() == 1 && q.idle > 0) {
+      // batch means load: the leader keeps polling and the queue is drained by other threads
+      // (waking a new leader for every batch cost more than it saved).
+      if (admitted.size() == 1 && q.anyAsleep()) {
         mine = std::move(*next++);
         leading = q.leaderTaken = false;
-        q.wakeup.notify_one();
+        wakeOne();
       }
       for (; next != admitted.end(); ++next) {
         if (q.tasks.size() < std::max<size_t>(options_.queueCapacity, 1)) {
+          next->queuedAt = now;
           q.tasks.push_back(std::move(*next));
         } else {
           inFlight_.fetch_sub(1);
@@ -140,30 +167,35 @@ void ThreadPoolExecutor::poolThreadMain() {
         }
       }
       admitted.clear();
-      // One more thread for the queue; each that takes a task wakes the next while work is left.
-      if (!q.tasks.empty() && q.idle > (mine.task ? 1u : 0u)) q.wakeup.notify_one();
+      // One thread for a queue nobody drains (a thread that runs a task takes the next one
+      // after it), another whenever the oldest task is overdue.
+      const bool undrained = q.working == 0 && q.wakeups == 0 && !mine.task;
+      if (q.frontOverdue(now, undrained ? Duration::zero() : patience)) wakeOne();
       if (!mine.task && refused.empty()) continue;
       lock.unlock();
       rejected_.fetch_add(refused.size());
       for (auto& [task, why] : refused) task->reject(std::move(why));
       refused.clear();
-      if (mine.task) runOne(std::move(mine));
       lock.lock();
+      if (mine.task) runOne(lock, std::move(mine));
       continue;
     }
     if (!q.tasks.empty()) {
       detail::QueuedTask item = std::move(q.tasks.front());
       q.tasks.pop_front();
-      if (!q.tasks.empty() && q.idle > 0) q.wakeup.notify_one();
-      lock.unlock();
-      runOne(std::move(item));
-      lock.lock();
+      if (!q.tasks.empty() && q.anyAsleep() && Clock::now() - item.queuedAt >= patience) {
+        wakeOne();  // this task waited too long: the queue needs one more thread
+      }
+      runOne(lock, std::move(item));
       continue;
     }
     if (q.ended) return;
     ++q.idle;
-    q.wakeup.wait(lock);  // woken for a task, the lead, or the end of the epoch
+    idle_.store(q.idle, std::memory_order_relaxed);
+    q.wakeup.wait(lock, [&q] { return q.wakeups > 0 || q.ended; });
+    if (q.wakeups > 0) --q.wakeups;
     --q.idle;
+    idle_.store(q.idle, std::memory_order_relaxed);
   }
 }
 
@@ -191,6 +223,11 @@ Status ThreadPoolExecutor::runAt(Deadline when, std::function<void()> fn) {
 }
 
 WorkGuard ThreadPoolExecutor::acquireWork() { return loop_.acquireWork(); }
+
+ThreadPoolExecutor::Stats ThreadPoolExecutor::stats() const {
+  return {idle_.load(std::memory_order_relaxed), wakeups_.load(std::memory_order_relaxed),
+          rejected_.load()};
+}
 
 bool ThreadPoolExecutor::isExecutorThread() const {
   const auto self = std::this_thread::get_id();

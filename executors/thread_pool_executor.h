@@ -3,12 +3,14 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
 
+#include "base/deadline.h"
 #include "executors/detail/receive_loop.h"
 #include "executors/executor.h"
 #include "executors/lifecycle.h"
@@ -26,6 +28,10 @@ struct WorkQueue;
 // leader keeps polling. When no thread is idle the leader queues every task and keeps polling:
 // a thread always polls while any is free, so cancels are read and excess calls answered
 // kOverloaded while handlers run.
+// Queued tasks wake as few threads as keep up with them (a sojourn-time rule, after CoDel):
+// one thread is woken for a queue no thread is draining, and another only once a task has
+// waited `wakeAnotherAfter` in the queue. The leader's poll ends by then, so a thread stuck in
+// a slow task delays the tasks queued behind it by at most about that long.
 // Thread-safe. Timers (runAt) run on the leader and must be short.
 class ThreadPoolExecutor final : public Executor {
  public:
@@ -33,6 +39,13 @@ class ThreadPoolExecutor final : public Executor {
     size_t threads = 4;           // tasks run at once; the pool has one more thread to poll
     size_t queueCapacity = 1024;  // tasks waiting for a worker
     size_t maxInFlight = 1024;    // tasks queued or running; more are rejected kOverloaded
+    // A task that waited this long in the queue wakes one more idle thread.
+    Duration wakeAnotherAfter = std::chrono::microseconds(50);
+  };
+  struct Stats {
+    size_t idle = 0;         // pool threads asleep, waiting for a task or the lead
+    uint64_t wakeups = 0;    // threads woken for a task or the lead, since construction
+    uint64_t rejected = 0;   // tasks rejected kOverloaded, since construction
   };
 
   explicit ThreadPoolExecutor(Options options);
@@ -49,8 +62,7 @@ class ThreadPoolExecutor final : public Executor {
   WorkGuard acquireWork() override;
   bool isExecutorThread() const override;
 
-  // Tasks rejected kOverloaded since construction.
-  uint64_t rejectedCount() const { return rejected_.load(); }
+  Stats stats() const;
 
  private:
   void poolThreadMain();
@@ -66,6 +78,8 @@ class ThreadPoolExecutor final : public Executor {
   std::vector<std::thread::id> ids_;  // guarded by idsMutex_: threads of the current epoch
   std::atomic<size_t> inFlight_{0};
   std::atomic<uint64_t> rejected_{0};
+  std::atomic<size_t> idle_{0};  // a copy of the queue's idle count, for stats()
+  std::atomic<uint64_t> wakeups_{0};
   Lifecycle lifecycle_;
 };
 

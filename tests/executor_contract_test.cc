@@ -1096,7 +1096,7 @@ TEST(ThreadPoolExecutorTest, ExcessTasksAreRejectedOverloadedAtTheInFlightLimit)
   ManualTaskSource source;
   ThreadPoolExecutor exec(o);
   ASSERT_OK(exec.start(source));
-  const uint64_t rejectedBefore = exec.rejectedCount();
+  const uint64_t rejectedBefore = exec.stats().rejected;
 
   constexpr int kTasks = 5;
   std::array<Outcome, kTasks> out;
@@ -1131,7 +1131,7 @@ TEST(ThreadPoolExecutorTest, ExcessTasksAreRejectedOverloadedAtTheInFlightLimit)
   }
   // Task 1 is admitted (2 in flight, queued); tasks 2..4 exceed maxInFlight.
   ASSERT_TRUE(rejected.waitFor(kTasks - 2, kLong));
-  EXPECT_EQ(exec.rejectedCount(), rejectedBefore + (kTasks - 2));
+  EXPECT_EQ(exec.stats().rejected, rejectedBefore + (kTasks - 2));
   EXPECT_EQ(out[1].runs.load(), 0);  // admitted, waiting for the worker
   gate.open();
   ASSERT_TRUE(ran.waitFor(2, kLong));
@@ -1146,7 +1146,7 @@ TEST(ThreadPoolExecutorTest, ExcessTasksAreRejectedOverloadedAtTheInFlightLimit)
     }
   }
   EXPECT_EQ(rejected.count(), kTasks - 2);
-  EXPECT_EQ(exec.rejectedCount(), rejectedBefore + (kTasks - 2));
+  EXPECT_EQ(exec.stats().rejected, rejectedBefore + (kTasks - 2));
 }
 
 TEST(ThreadPoolExecutorTest, TasksBeyondTheQueueCapacityAreRejectedOverloaded) {
@@ -1188,7 +1188,7 @@ TEST(ThreadPoolExecutorTest, TasksBeyondTheQueueCapacityAreRejectedOverloaded) {
   }
   // Task 1 takes the one queue slot; tasks 2 and 3 find the queue full.
   ASSERT_TRUE(rejected.waitFor(2, kLong));
-  EXPECT_EQ(exec.rejectedCount(), 2u);
+  EXPECT_EQ(exec.stats().rejected, 2u);
   gate.open();
   ASSERT_TRUE(ran.waitFor(2, kLong));
   exec.stop();
@@ -1269,6 +1269,89 @@ TEST(ThreadPoolExecutorTest, AThreadKeepsPollingWhileEveryOtherRunsATask) {
   EXPECT_TRUE(readyWithin(queuedF, kLong));
   exec.stop();
   ASSERT_OK(exec.wait(deadlineAfter(kLong)));
+}
+
+// Waits until `threads` pool threads are asleep; polls the executor's stats, bounded.
+bool idleWithin(const ThreadPoolExecutor& exec, size_t threads, Duration d = kLong) {
+  const Deadline deadline = deadlineAfter(d);
+  while (exec.stats().idle != threads) {
+    if (Clock::now() >= deadline) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+TEST(ThreadPoolExecutorTest, AQueuedBatchWakesOneThreadWhileItsTasksAreNotOverdue) {
+  // A batch wakes one thread to drain it; more are woken only for a task that waited
+  // wakeAnotherAfter (here: never), not one per task in a chain.
+  ThreadPoolExecutor::Options o;
+  o.threads = 4;
+  o.wakeAnotherAfter = std::chrono::hours(1);
+  ManualTaskSource source;
+  ThreadPoolExecutor exec(o);
+  ASSERT_OK(exec.start(source));
+  ASSERT_TRUE(idleWithin(exec, 4));  // the leader polls, the four others sleep
+  const uint64_t wakeupsBefore = exec.stats().wakeups;
+
+  constexpr int kTasks = 8;
+  Gate gate;
+  std::promise<void> firstEntered;
+  Events ran;
+  std::mutex idsMutex;
+  std::set<std::thread::id> ranOn;
+  std::vector<std::function<void()>> batch;
+  for (int i = 0; i < kTasks; ++i) {
+    batch.emplace_back([&, i] {
+      {
+        std::lock_guard<std::mutex> lock(idsMutex);
+        ranOn.insert(std::this_thread::get_id());
+      }
+      if (i == 0) {
+        firstEntered.set_value();
+        gate.wait();
+      }
+      ran.add();
+    });
+  }
+  source.pushBatch(std::move(batch));
+  auto enteredF = firstEntered.get_future();
+  ASSERT_TRUE(readyWithin(enteredF, kLong));
+  EXPECT_FALSE(ran.waitFor(1, kShort)) << "another thread was woken for the batch";
+  EXPECT_EQ(exec.stats().wakeups, wakeupsBefore + 1);
+  gate.open();
+  ASSERT_TRUE(ran.waitFor(kTasks, kLong));
+  EXPECT_EQ(ranOn.size(), 1u);  // one thread drained the whole batch
+  exec.stop();
+  ASSERT_OK(exec.wait(deadlineAfter(kLong)));
+}
+
+TEST(ThreadPoolExecutorTest, TasksQueuedBehindABlockedTaskGetAThreadOnceOverdue) {
+  // Four tasks of one batch that can finish only together: the drainer blocks in the first,
+  // and the others run only because the leader's poll ends when the oldest queued task is
+  // overdue and wakes a thread, which wakes the next for the task after it.
+  ThreadPoolExecutor::Options o;
+  o.threads = 4;
+  o.wakeAnotherAfter = std::chrono::milliseconds(1);
+  ManualTaskSource source;
+  ThreadPoolExecutor exec(o);
+  ASSERT_OK(exec.start(source));
+  ASSERT_TRUE(idleWithin(exec, 4));
+
+  constexpr int kTasks = 4;
+  Events arrived;
+  std::atomic<int> metAll{0};
+  std::vector<std::function<void()>> batch;
+  for (int i = 0; i < kTasks; ++i) {
+    batch.emplace_back([&] {
+      arrived.add();
+      if (arrived.waitFor(kTasks, kLong)) metAll.fetch_add(1);
+    });
+  }
+  source.pushBatch(std::move(batch));
+  ASSERT_TRUE(arrived.waitFor(kTasks, kLong)) << "a queued task was left behind a blocked one";
+  exec.stop();
+  ASSERT_OK(exec.wait(deadlineAfter(kLong)));
+  EXPECT_EQ(metAll.load(), kTasks);
 }
 
 }  // namespace

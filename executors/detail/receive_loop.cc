@@ -2,6 +2,7 @@
 // The source's interrupt() is the loop's waker while it polls; wakeup_ once it is stopping.
 #include "executors/detail/receive_loop.h"
 
+#include <algorithm>
 #include <exception>
 #include <utility>
 
@@ -74,8 +75,8 @@ void ReceiveLoop::releaseWork() {
   }
 }
 
-bool ReceiveLoop::turn(const Handoff& handoff) {
-  Deadline next = kNoDeadline;
+bool ReceiveLoop::turn(const Handoff& handoff, Deadline pollUntil) {
+  Deadline next = pollUntil;
   TaskSource* source = nullptr;
   {
     std::unique_lock<std::mutex> lock(mutex_);
@@ -84,7 +85,7 @@ bool ReceiveLoop::turn(const Handoff& handoff) {
       due_.push_back(std::move(timers_.begin()->second));
       timers_.erase(timers_.begin());
     }
-    if (!timers_.empty()) next = timers_.begin()->first;
+    if (!timers_.empty()) next = std::min(next, timers_.begin()->first);
     if (due_.empty() && stopRequested_ && outstanding_ == 0) return false;
     source = source_;
     if (due_.empty() && sourceBroken_) {

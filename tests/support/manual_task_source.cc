@@ -14,6 +14,12 @@ void ManualTaskSource::push(std::function<void()> run, std::function<void(Status
   push(std::make_unique<FunctionTask>(std::move(run), std::move(reject)));
 }
 
+void ManualTaskSource::pushBatch(std::vector<std::function<void()>> runs) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (auto& run : runs) tasks_.push_back(std::make_unique<FunctionTask>(std::move(run)));
+  ready_.notify_all();
+}
+
 Status ManualTaskSource::poll(Deadline deadline, std::vector<TaskPtr>& out) {
   polls_.fetch_add(1);
   std::unique_lock<std::mutex> lock(mutex_);

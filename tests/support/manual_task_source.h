@@ -37,6 +37,8 @@ class ManualTaskSource final : public TaskSource {
   void push(TaskPtr task);
   // Pushes a FunctionTask.
   void push(std::function<void()> run, std::function<void(Status)> reject = {});
+  // Pushes FunctionTasks at once: the next poll() hands them out together, as one batch.
+  void pushBatch(std::vector<std::function<void()>> runs);
 
   Status poll(Deadline deadline, std::vector<TaskPtr>& out) override;
   void interrupt() override;
