@@ -138,6 +138,7 @@ int main(int argc, char** argv) {
   std::string name = hostName();
   std::string topic = "switchboard";
   int drainSeconds = 30;
+  int wakeAnotherAfterUs = 50;
   std::string curveSecretFile;
   std::string allowClientsFile;
   std::string logLevel = "info";
@@ -166,6 +167,10 @@ int main(int argc, char** argv) {
   app.add_option("--max-in-flight", pool.maxInFlight,
                  "thread pool: calls queued or running; more are answered Overloaded")
       ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  app.add_option("--wake-another-after-us", wakeAnotherAfterUs,
+                 "thread pool: a call queued this long wakes one more idle worker")
+      ->check(CLI::Range(0, 1000 * 1000))
       ->capture_default_str();
   app.add_option("--name", name, "server name in the target")->capture_default_str();
   app.add_option("--topic", topic, "topic served")->capture_default_str();
@@ -209,6 +214,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 60 * 1000))
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  pool.wakeAnotherAfter = std::chrono::microseconds(wakeAnotherAfterUs);
 
   auto logger = spdlog::stderr_logger_mt("switchboard-server");
   logger->set_level(spdlog::level::from_str(logLevel));
