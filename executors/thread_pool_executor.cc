@@ -21,27 +21,15 @@ struct QueuedTask {
 struct WorkQueue {
   std::mutex mutex;
   std::condition_variable wakeup;  // idle threads wait here for a wake-up or the epoch's end
-  std::condition_variable watch;   // the watcher waits here
   std::deque<QueuedTask> tasks;    // guarded by mutex: admitted, waiting for a thread
-  size_t idle = 0;                 // guarded by mutex: threads asleep, the watcher included
+  size_t idle = 0;                 // guarded by mutex: threads waiting on wakeup
   size_t wakeups = 0;              // guarded by mutex: wake-ups sent, not yet taken by a thread
   size_t working = 0;              // guarded by mutex: threads running a task, not leading
   bool leaderTaken = false;        // guarded by mutex: a thread polls or is about to
   bool ended = false;              // guarded by mutex: the epoch is over; threads exit
-  // The leader drains a batch nobody else drains itself; one idle thread, the watcher, takes
-  // the lead from it once it has run one task for wakeAnotherAfter.
-  bool leaderRunning = false;  // guarded by mutex: the leader runs a queued task
-  uint64_t leaderTasks = 0;    // guarded by mutex: queued tasks the leader started
-  uint64_t leaderTerm = 0;     // guarded by mutex: bumped when the watcher takes the lead
-  bool watching = false;       // guarded by mutex: an idle thread is the watcher
-  bool watcherTimed = false;   // guarded by mutex: the watcher's sleep has a deadline
-  bool watcherWoken = false;   // guarded by mutex: a wake-up is on its way to the watcher
-  bool watcherWanted = false;  // guarded by mutex: an idle thread is asked to become it
 
   // Idle threads no wake-up is on its way to.
-  bool anyAsleep() const { return idle > wakeups + (watcherWoken ? 1 : 0); }
-  // Idle threads other than the watcher that no wake-up is on its way to.
-  bool anySleeper() const { return idle - (watching ? 1 : 0) > wakeups; }
+  bool anyAsleep() const { return idle > wakeups; }
   // True when the oldest queued task has waited `patience` by `now` and a thread could take it.
   bool frontOverdue(Deadline now, Duration patience) const {
     return !tasks.empty() && anyAsleep() && now - tasks.front().queuedAt >= patience;
@@ -113,54 +101,21 @@ void ThreadPoolExecutor::poolThreadMain() {
   std::vector<detail::QueuedTask> admitted;
   std::vector<std::pair<TaskPtr, Status>> refused;
   const auto collect = [&batch](TaskPtr task) { batch.push_back(std::move(task)); };
-  // Sends a wake-up to an idle thread; precondition: q.anyAsleep().
   const auto wakeOne = [&] {
+    ++q.wakeups;
     wakeups_.fetch_add(1, std::memory_order_relaxed);
-    if (q.anySleeper()) {
-      ++q.wakeups;
-      q.wakeup.notify_one();
-    } else {
-      q.watcherWoken = true;
-      q.watch.notify_one();
-    }
+    q.wakeup.notify_one();
   };
-  // Runs a task with the lock released.
-  const auto runUnlocked = [&](std::unique_lock<std::mutex>& lock, detail::QueuedTask item) {
+  // Runs a task with the lock released; counted as working meanwhile.
+  const auto runOne = [&](std::unique_lock<std::mutex>& lock, detail::QueuedTask item) {
+    ++q.working;
     lock.unlock();
     item.task->run();
     item.task.reset();
     inFlight_.fetch_sub(1);
     item.work = WorkGuard();  // the epoch may end once the last task has finished
     lock.lock();
-  };
-  const auto runOne = [&](std::unique_lock<std::mutex>& lock, detail::QueuedTask item) {
-    ++q.working;
-    runUnlocked(lock, std::move(item));
     --q.working;
-  };
-  // Pops the oldest task; one that waited `patience` wakes another thread for those behind it.
-  const auto popFront = [&] {
-    detail::QueuedTask item = std::move(q.tasks.front());
-    q.tasks.pop_front();
-    if (!q.tasks.empty() && q.anyAsleep() && Clock::now() - item.queuedAt >= patience) {
-      wakeOne();
-    }
-    return item;
-  };
-  // The leader's task is watched by an idle thread, woken (or asked to become the watcher)
-  // only if its sleep has no deadline.
-  const auto watchLeader = [&] {
-    if (q.watching) {
-      if (q.watcherTimed) return;
-      q.watcherTimed = true;
-      q.watch.notify_one();
-    } else if (q.anySleeper() && !q.watcherWanted) {
-      q.watcherWanted = true;
-      q.wakeup.notify_one();
-    } else {
-      return;
-    }
-    wakeups_.fetch_add(1, std::memory_order_relaxed);
   };
   bool leading = false;
   std::unique_lock<std::mutex> lock(q.mutex);
@@ -176,7 +131,6 @@ void ThreadPoolExecutor::poolThreadMain() {
         lock.lock();
         q.ended = true;  // no work guard is left, so no task is queued or running
         q.wakeup.notify_all();
-        q.watch.notify_all();
         lock.unlock();
         loop_.end();
         return;
@@ -194,7 +148,9 @@ void ThreadPoolExecutor::poolThreadMain() {
       lock.lock();
       detail::QueuedTask mine;
       auto next = admitted.begin();
-      // A lone task runs here while an idle thread takes the lead: no hand-off on its way.
+      // A lone task runs here while an idle thread takes the lead: no hand-off on its way. A
+      // batch means load: the leader keeps polling and the queue is drained by other threads
+      // (waking a new leader for every batch cost more than it saved).
       if (admitted.size() == 1 && q.anyAsleep()) {
         mine = std::move(*next++);
         leading = q.leaderTaken = false;
@@ -211,93 +167,36 @@ void ThreadPoolExecutor::poolThreadMain() {
         }
       }
       admitted.clear();
-      if (q.frontOverdue(now, patience)) wakeOne();
-      if (!refused.empty()) {
-        lock.unlock();
-        rejected_.fetch_add(refused.size());
-        for (auto& [task, why] : refused) task->reject(std::move(why));
-        refused.clear();
-        lock.lock();
-      }
-      if (mine.task) {
-        runOne(lock, std::move(mine));
-        continue;
-      }
-      // A queue nobody drains is drained here, the lead kept: no hand-off for a batch of quick
-      // tasks. Another thread is woken for a task that waited `patience`, and the watcher takes
-      // the lead from a task that ran that long.
-      while (!q.tasks.empty() && q.working == 0 && q.wakeups == 0 && !q.watcherWoken) {
-        detail::QueuedTask item = popFront();
-        ++q.leaderTasks;
-        q.leaderRunning = true;
-        watchLeader();
-        const uint64_t term = q.leaderTerm;
-        runUnlocked(lock, std::move(item));
-        if (q.leaderTerm != term) {
-          leading = false;  // the watcher leads now; this thread is one of the others
-          break;
-        }
-        q.leaderRunning = false;
-      }
+      // One thread for a queue nobody drains (a thread that runs a task takes the next one
+      // after it), another whenever the oldest task is overdue.
+      const bool undrained = q.working == 0 && q.wakeups == 0 && !mine.task;
+      if (q.frontOverdue(now, undrained ? Duration::zero() : patience)) wakeOne();
+      if (!mine.task && refused.empty()) continue;
+      lock.unlock();
+      rejected_.fetch_add(refused.size());
+      for (auto& [task, why] : refused) task->reject(std::move(why));
+      refused.clear();
+      lock.lock();
+      if (mine.task) runOne(lock, std::move(mine));
       continue;
     }
     if (!q.tasks.empty()) {
-      runOne(lock, popFront());
+      detail::QueuedTask item = std::move(q.tasks.front());
+      q.tasks.pop_front();
+      if (!q.tasks.empty() && q.anyAsleep() && Clock::now() - item.queuedAt >= patience) {
+        wakeOne();  // this task waited too long: the queue needs one more thread
+      }
+      runOne(lock, std::move(item));
       continue;
     }
     if (q.ended) return;
     ++q.idle;
     idle_.store(q.idle, std::memory_order_relaxed);
-    if (!q.watching) {
-      leading = watchUntilWoken(lock);
-    } else {
-      q.wakeup.wait(lock, [&q] { return q.wakeups > 0 || q.ended || q.watcherWanted; });
-      if (q.wakeups > 0) {
-        --q.wakeups;
-        if (q.watcherWanted) q.wakeup.notify_one();  // the request is passed on, not dropped
-      } else {
-        q.watcherWanted = false;  // back to sleep as the watcher, unless a task is queued
-      }
-    }
+    q.wakeup.wait(lock, [&q] { return q.wakeups > 0 || q.ended; });
+    if (q.wakeups > 0) --q.wakeups;
     --q.idle;
     idle_.store(q.idle, std::memory_order_relaxed);
   }
-}
-
-bool ThreadPoolExecutor::watchUntilWoken(std::unique_lock<std::mutex>& lock) {
-  detail::WorkQueue& q = *queue_;
-  q.watching = true;
-  q.watcherWanted = false;
-  uint64_t seen = q.leaderTasks;
-  bool timed = q.leaderRunning;
-  bool takesLead = false;
-  // Bounded below, so that a pool told to wake another at once does not spin here.
-  const Duration period =
-      std::max<Duration>(options_.wakeAnotherAfter, std::chrono::microseconds(10));
-  const auto woken = [&q] { return q.watcherWoken || q.ended; };
-  for (;;) {
-    q.watcherTimed = timed;
-    if (timed) {
-      if (q.watch.wait_for(lock, period, woken)) break;
-      if (q.leaderRunning && q.leaderTasks == seen) {
-        // One task has held the leader for a whole period: lead in its place.
-        ++q.leaderTerm;
-        q.leaderRunning = false;
-        takesLead = true;
-        break;
-      }
-    } else {
-      q.watch.wait(lock, [&] { return woken() || q.watcherTimed; });
-      if (woken()) break;
-    }
-    // Sleep with a deadline while the leader runs tasks, or ran one during the last period.
-    timed = q.leaderRunning || q.leaderTasks != seen;
-    seen = q.leaderTasks;
-  }
-  q.watcherWoken = false;
-  q.watching = false;
-  q.watcherTimed = false;
-  return takesLead;
 }
 
 Status ThreadPoolExecutor::finish(Deadline deadline) {

@@ -39,15 +39,12 @@ class ThreadPoolExecutor final : public Executor {
     size_t threads = 4;           // tasks run at once; the pool has one more thread to poll
     size_t queueCapacity = 1024;  // tasks waiting for a worker
     size_t maxInFlight = 1024;    // tasks queued or running; more are rejected kOverloaded
-    // A task that waited this long in the queue wakes one more idle thread. The leader drains
-    // a batch nobody else drains itself; once it has run one task this long (up to twice
-    // this, and at least 10 us), an idle thread takes the lead.
-    Duration wakeAnotherAfter = std::chrono::microseconds(200);
+    // A task that waited this long in the queue wakes one more idle thread.
+    Duration wakeAnotherAfter = std::chrono::microseconds(50);
   };
   struct Stats {
     size_t idle = 0;         // pool threads asleep, waiting for a task or the lead
-    uint64_t wakeups = 0;    // threads woken for a task, the lead or to watch the leader, since
-                             // construction
+    uint64_t wakeups = 0;    // threads woken for a task or the lead, since construction
     uint64_t rejected = 0;   // tasks rejected kOverloaded, since construction
   };
 
@@ -69,9 +66,6 @@ class ThreadPoolExecutor final : public Executor {
 
  private:
   void poolThreadMain();
-  // An idle thread watches the leader until woken (false) or until it takes the lead from a
-  // leader held by one task (true). Precondition: no thread watches; the pool's lock held.
-  bool watchUntilWoken(std::unique_lock<std::mutex>& lock);
   // Counts one more task in flight, or refuses it: kOverloaded past maxInFlight.
   Status admit();
   Status finish(Deadline deadline);

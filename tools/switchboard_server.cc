@@ -138,8 +138,7 @@ int main(int argc, char** argv) {
   std::string name = hostName();
   std::string topic = "switchboard";
   int drainSeconds = 30;
-  auto wakeAnotherAfterUs =
-      std::chrono::duration_cast<std::chrono::microseconds>(pool.wakeAnotherAfter).count();
+  int wakeAnotherAfterUs = 50;
   std::string curveSecretFile;
   std::string allowClientsFile;
   std::string logLevel = "info";
@@ -170,8 +169,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
   app.add_option("--wake-another-after-us", wakeAnotherAfterUs,
-                 "thread pool: a call queued this long, or the poller held this long by one call, "
-                 "wakes one more idle worker")
+                 "thread pool: a call queued this long wakes one more idle worker")
       ->check(CLI::Range(0, 1000 * 1000))
       ->capture_default_str();
   app.add_option("--name", name, "server name in the target")->capture_default_str();
