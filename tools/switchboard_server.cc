@@ -138,7 +138,8 @@ int main(int argc, char** argv) {
   std::string name = hostName();
   std::string topic = "switchboard";
   int drainSeconds = 30;
-  int wakeAnotherAfterUs = 50;
+  auto wakeAnotherAfterUs =
+      std::chrono::duration_cast<std::chrono::microseconds>(pool.wakeAnotherAfter).count();
   std::string curveSecretFile;
   std::string allowClientsFile;
   std::string logLevel = "info";
