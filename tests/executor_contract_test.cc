@@ -1281,16 +1281,24 @@ bool idleWithin(const ThreadPoolExecutor& exec, size_t threads, Duration d = kLo
   return true;
 }
 
+// A started pool of four task threads (and its leader) that wakes another thread for a task
+// that waited `patience`, once its four other threads sleep.
+std::unique_ptr<ThreadPoolExecutor> startIdlePool(TaskSource& source, Duration patience) {
+  ThreadPoolExecutor::Options o;
+  o.threads = 4;
+  o.wakeAnotherAfter = patience;
+  auto exec = std::make_unique<ThreadPoolExecutor>(o);
+  EXPECT_OK(exec->start(source));
+  EXPECT_TRUE(idleWithin(*exec, 4));
+  return exec;
+}
+
 TEST(ThreadPoolExecutorTest, AQueuedBatchWakesOneThreadWhileItsTasksAreNotOverdue) {
   // A batch wakes one thread to drain it; more are woken only for a task that waited
   // wakeAnotherAfter (here: never), not one per task in a chain.
-  ThreadPoolExecutor::Options o;
-  o.threads = 4;
-  o.wakeAnotherAfter = std::chrono::hours(1);
   ManualTaskSource source;
-  ThreadPoolExecutor exec(o);
-  ASSERT_OK(exec.start(source));
-  ASSERT_TRUE(idleWithin(exec, 4));  // the leader polls, the four others sleep
+  auto pool = startIdlePool(source, std::chrono::hours(1));
+  ThreadPoolExecutor& exec = *pool;
   const uint64_t wakeupsBefore = exec.stats().wakeups;
 
   constexpr int kTasks = 8;
@@ -1329,13 +1337,9 @@ TEST(ThreadPoolExecutorTest, TasksQueuedBehindABlockedTaskGetAThreadOnceOverdue)
   // Four tasks of one batch that can finish only together: the drainer blocks in the first,
   // and the others run only because the leader's poll ends when the oldest queued task is
   // overdue and wakes a thread, which wakes the next for the task after it.
-  ThreadPoolExecutor::Options o;
-  o.threads = 4;
-  o.wakeAnotherAfter = std::chrono::milliseconds(1);
   ManualTaskSource source;
-  ThreadPoolExecutor exec(o);
-  ASSERT_OK(exec.start(source));
-  ASSERT_TRUE(idleWithin(exec, 4));
+  auto pool = startIdlePool(source, std::chrono::milliseconds(1));
+  ThreadPoolExecutor& exec = *pool;
 
   constexpr int kTasks = 4;
   Events arrived;
