@@ -34,6 +34,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 #include <zmq.hpp>
@@ -71,7 +72,8 @@ std::vector<std::string> figureNames() {
 }
 
 // The run's time plan: the default --seconds-per-figure divides kRunTarget, less the setup
-// allowances, among the figures; the hard bound is kHardBoundFactor times the planned time.
+// allowances, among the figures of every round; the hard bound is kHardBoundFactor times the
+// planned time.
 constexpr auto kRunTarget = std::chrono::seconds(60);
 constexpr double kHardBoundFactor = 1.5;
 constexpr auto kServerSetupAllowance = std::chrono::milliseconds(100);
@@ -914,6 +916,8 @@ struct LatencyFigure {
   double p50Micros = 0;
   double p99Micros = 0;
   std::string firstError;
+  std::vector<double> p50PerRound;  // of every round, in order; this figure is the median one's
+  double key() const { return p50Micros; }
 };
 
 struct RateFigure {
@@ -923,7 +927,9 @@ struct RateFigure {
   double seconds = 0;
   std::optional<double> cpuMicrosPerCall;
   std::string firstError;
+  std::vector<double> perSecondPerRound;  // of every round, in order; this is the median one's
   double perSecond() const { return seconds > 0 ? static_cast<double>(calls) / seconds : 0; }
+  double key() const { return perSecond(); }
 };
 
 // Sequential round trips: the latency of each.
@@ -1083,7 +1089,8 @@ struct Plan {
   std::vector<ServerKind> servers;  // the floor first
   std::vector<size_t> payloads;
   std::vector<std::string> figures;  // of figureNames(), in any order
-  Duration perFigure{};
+  size_t rounds = 1;                 // every server is measured once per round, in turn
+  Duration perFigure{};              // per figure and round
   uint64_t maxCalls = 0;
   size_t warmupCalls = 0;
   Deadline hardDeadline;  // no wait outlives it
@@ -1091,11 +1098,11 @@ struct Plan {
   bool wants(std::string_view figure) const {
     return std::find(figures.begin(), figures.end(), figure) != figures.end();
   }
-  size_t serverCount() const { return transports.size() * servers.size(); }
+  size_t serverCount() const { return transports.size() * servers.size(); }  // per round
   size_t figureCount() const {
     size_t selected = 0;
     for (const std::string& name : figureNames()) selected += wants(name) ? 1 : 0;
-    return serverCount() * payloads.size() * selected;
+    return serverCount() * payloads.size() * selected;  // per round
   }
 };
 
@@ -1116,6 +1123,51 @@ struct Measurement {
     return n;
   }
 };
+
+// The figure of the round with the median key (the lower middle one for an even count), with
+// every round's key, errors and first error. Precondition: `rounds` is not empty.
+template <typename Figure>
+Figure medianRound(std::vector<Figure> rounds, std::vector<double> Figure::*perRound) {
+  Figure all;
+  for (const Figure& f : rounds) {
+    (all.*perRound).push_back(f.key());
+    all.errors += f.errors;
+    if (all.firstError.empty()) all.firstError = f.firstError;
+  }
+  std::stable_sort(rounds.begin(), rounds.end(),
+                   [](const Figure& a, const Figure& b) { return a.key() < b.key(); });
+  Figure median = std::move(rounds[(rounds.size() - 1) / 2]);
+  median.*perRound = std::move(all.*perRound);
+  median.errors = all.errors;
+  median.firstError = std::move(all.firstError);
+  return median;
+}
+
+// One measurement from the same one of every round. A round that could not measure it makes it
+// not measured. Precondition: every round holds the measurements in the same order.
+Measurement combineRounds(const std::vector<std::vector<Measurement>>& rounds, size_t index) {
+  Measurement m = rounds.front()[index];
+  for (const std::vector<Measurement>& round : rounds) {
+    if (!round[index].setupError.empty()) {
+      m.setupError = round[index].setupError;
+      return m;
+    }
+  }
+  const auto each = [&](const auto& pick) {
+    std::vector<std::decay_t<decltype(pick(m))>> figures;
+    for (const std::vector<Measurement>& round : rounds) figures.push_back(pick(round[index]));
+    return figures;
+  };
+  m.latency = medianRound(each([](const Measurement& r) { return r.latency; }),
+                          &LatencyFigure::p50PerRound);
+  for (size_t w = 0; w < m.windows.size(); ++w) {
+    m.windows[w] = medianRound(each([w](const Measurement& r) { return r.windows[w]; }),
+                               &RateFigure::perSecondPerRound);
+  }
+  m.casts = medianRound(each([](const Measurement& r) { return r.casts; }),
+                        &RateFigure::perSecondPerRound);
+  return m;
+}
 
 std::string listenUrlFor(const std::string& transport, uint64_t serial) {
   const std::string name =
@@ -1375,7 +1427,12 @@ void printRow(std::ostream& out, const std::string& label, const RowCells& row, 
 
 void printTable(std::ostream& out, const Plan& plan, const std::vector<Measurement>& all) {
   out << "switchboard-bench: " << fixed(seconds(plan.perFigure), 3) << " s and at most "
-      << plan.maxCalls << " calls per figure; every call's deadline "
+      << plan.maxCalls << " calls per figure";
+  if (plan.rounds > 1) {
+    out << " in each of " << plan.rounds
+        << " rounds (each figure is the round with its median rate or p50)";
+  }
+  out << "; every call's deadline "
       << std::chrono::duration_cast<std::chrono::seconds>(kCallTimeout).count() << " s.\n"
       << "Latency: one call outstanding. Rates: calls per second with W calls outstanding; casts "
          "per second handled\n(batches of "
@@ -1440,12 +1497,18 @@ Value rounded(double x, int decimals) {
 Value roundedOrNull(const std::optional<double>& x, int decimals) {
   return x ? rounded(*x, decimals) : Value();
 }
+Value roundedEach(const std::vector<double>& xs, int decimals) {
+  Array out;
+  for (double x : xs) out.push_back(rounded(x, decimals));
+  return Value(std::move(out));
+}
 
 Value latencyJson(const LatencyFigure& f, const LatencyFigure* floor) {
   Map json{{"calls", f.calls},
            {"errors", f.errors},
            {"p50_us", rounded(f.p50Micros, 2)},
            {"p99_us", rounded(f.p99Micros, 2)}};
+  json.emplace_back("p50_us_per_round", roundedEach(f.p50PerRound, 2));
   if (floor) {
     json.emplace_back("ratio_p50", roundedOrNull(ratio(f.p50Micros, floor->p50Micros), 3));
     json.emplace_back("ratio_p99", roundedOrNull(ratio(f.p99Micros, floor->p99Micros), 3));
@@ -1463,6 +1526,7 @@ Value rateJson(const RateFigure& f, const RateFigure* floor, const std::string& 
   json.emplace_back("errors", f.errors);
   json.emplace_back("seconds", rounded(f.seconds, 4));
   json.emplace_back(unit + "s_per_s", rounded(f.perSecond(), 1));
+  json.emplace_back(unit + "s_per_s_per_round", roundedEach(f.perSecondPerRound, 1));
   json.emplace_back("cpu_us_per_" + unit, roundedOrNull(f.cpuMicrosPerCall, 2));
   if (floor) {
     json.emplace_back("ratio", roundedOrNull(ratio(f.perSecond(), floor->perSecond()), 3));
@@ -1505,7 +1569,8 @@ std::string reportJson(const Plan& plan, const std::vector<Measurement>& all, Du
     }
     results.push_back(Value(std::move(json)));
   }
-  Map report{{"seconds_per_figure", rounded(seconds(plan.perFigure), 4)},
+  Map report{{"rounds", plan.rounds},
+             {"seconds_per_figure", rounded(seconds(plan.perFigure), 4)},
              {"max_calls_per_figure", plan.maxCalls},
              {"cast_batch", kCastBatch},
              {"figures", plan.figureCount()},
@@ -1596,13 +1661,17 @@ int benchMain(Plan plan, bool json, const std::atomic<bool>& interrupted) {
   // Declared in the order they must outlive each other.
   zmq::context_t floorContext;
   TransportFactory factory;
-  std::vector<Measurement> all;
+  std::vector<std::vector<Measurement>> rounds(plan.rounds);
   {
     ServerBench bench(plan, program, factory, floorContext, interrupted);
-    for (const std::string& transport : plan.transports) {
-      for (ServerKind kind : plan.servers) bench.run(transport, kind, all);
+    for (std::vector<Measurement>& round : rounds) {
+      for (const std::string& transport : plan.transports) {
+        for (ServerKind kind : plan.servers) bench.run(transport, kind, round);
+      }
     }
   }
+  std::vector<Measurement> all;
+  for (size_t i = 0; i < rounds.front().size(); ++i) all.push_back(combineRounds(rounds, i));
   const Duration wall = Clock::now() - start;
   uint64_t errors = 0;
   for (const Measurement& m : all) errors += m.errors();
@@ -1634,6 +1703,7 @@ int main(int argc, char** argv) {
   std::vector<size_t> payloads = {32, 4096};
   std::vector<std::string> figures = figureNames();
   double secondsPerFigure = 0;
+  size_t rounds = 1;
   std::vector<std::string> serve;
   app.add_flag("--json", json, "print one JSON object with every figure and ratio");
   app.add_option("--transports", transports, "comma-separated: tcp, ipc, inproc")
@@ -1657,8 +1727,14 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember(figureNames()))
       ->capture_default_str();
   app.add_option("--seconds-per-figure", secondsPerFigure,
-                 "time bound of each figure (default: about 60 s for the whole run)")
+                 "time bound of each figure in each round (default: about 60 s for the whole run)")
       ->check(CLI::Range(0.001, 3600.0));
+  app.add_option("--rounds", rounds,
+                 "measure every server this many times, in turn, and report each figure's "
+                 "median round (interleaving the floor with Switchboard against a drifting "
+                 "machine)")
+      ->check(CLI::Range(size_t{1}, size_t{100}))
+      ->capture_default_str();
   app.add_flag("--quick", quick,
                "a smoke run: " + std::to_string(kQuickCallsPerFigure) + " calls per figure");
   app.add_option("--serve", serve, "internal: serve KIND on URL (the bench's child servers)")
@@ -1678,10 +1754,11 @@ int main(int argc, char** argv) {
   }
   plan.payloads = payloads;
   plan.figures = figures;
+  plan.rounds = rounds;
   plan.maxCalls = quick ? kQuickCallsPerFigure : kMaxCallsPerFigure;
   plan.warmupCalls = quick ? kQuickWarmupCalls : kWarmupCalls;
-  const auto servers = static_cast<int64_t>(plan.serverCount());
-  const auto figureCount = static_cast<int64_t>(plan.figureCount());
+  const auto servers = static_cast<int64_t>(plan.serverCount() * plan.rounds);
+  const auto figureCount = static_cast<int64_t>(plan.figureCount() * plan.rounds);
   const Duration setup =
       servers * Duration(kServerSetupAllowance) + figureCount * Duration(kFigureSetupAllowance);
   if (secondsPerFigure == 0) {
