@@ -417,15 +417,23 @@ Status ServerCore::poll(Deadline deadline, std::vector<TaskPtr>& out) {
             request.ext.budgetMs ? now + std::chrono::milliseconds(*request.ext.budgetMs)
                                  : kNoDeadline;
         const uint32_t msgid = request.msgid;
-        inFlight_.fetch_add(1, std::memory_order_relaxed);
+        const uint64_t unanswered = inFlight_.fetch_add(1, std::memory_order_relaxed);
         auto reply = std::make_shared<CallReply>(*this, std::move(message), msgid,
                                                  methods_.of(request.method), now,
                                                  executor_->acquireWork());
-        if (request.ext.callMonitorMs) {
+        const bool overLimit = unanswered >= options_.maxUnansweredCalls;
+        if (request.ext.callMonitorMs && !overLimit) {
           scheduleHeartbeat(reply, std::chrono::milliseconds(*request.ext.callMonitorMs));
         }
-        out.push_back(
-            std::make_unique<RequestTask>(std::move(reply), std::move(request), callerDeadline));
+        auto task =
+            std::make_unique<RequestTask>(std::move(reply), std::move(request), callerDeadline);
+        if (overLimit) {
+          task->reject(Status(StatusCode::kOverloaded,
+                              "server busy: " + std::to_string(unanswered) +
+                                  " calls unanswered (maxUnansweredCalls)"));
+          break;
+        }
+        out.push_back(std::move(task));
         break;
       }
       case MessageKind::kNotification:

@@ -52,6 +52,9 @@ class MessageHandlingServer final {
  public:
   struct Options {
     size_t pollBatch = 64;  // messages taken from the transport per poll
+    // Calls taken and not answered yet, deferred ones included; a request past it is refused
+    // kOverloaded at once, without running (the executor's own limits count tasks only).
+    size_t maxUnansweredCalls = 65536;
     const Serializer* serializer = nullptr;  // borrowed; null means pass-through
     LogSink log = stderrLogSink();
     Duration hangWarningAfter = std::chrono::seconds(10);
@@ -68,7 +71,8 @@ class MessageHandlingServer final {
     uint64_t received = 0;       // messages taken from the transport
     uint64_t replied = 0;        // replies sent (results and errors)
     uint64_t failed = 0;         // calls answered with an error
-    uint64_t rejected = 0;       // calls refused by the executor (overload, shutdown)
+    uint64_t rejected = 0;       // calls refused kOverloaded (by the executor's limits or
+                                 // maxUnansweredCalls)
     uint64_t dropped = 0;        // messages that could not be answered: the sum of `drops`
     std::map<std::string, uint64_t> drops;  // by dropReasonName; reasons never seen are absent
     uint64_t cancelled = 0;      // cancel messages that found their call

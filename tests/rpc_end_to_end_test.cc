@@ -20,6 +20,7 @@ namespace switchboard {
 namespace {
 
 using namespace std::chrono_literals;
+using testing::Events;
 using testing::ServingThread;
 
 constexpr auto kWait = 10s;  // the bound of every wait in these tests
@@ -32,8 +33,10 @@ struct QuotaExceeded : std::runtime_error {
 template <typename Kind>
 class Served {
  public:
-  Served(Transport& transport, Target target, std::vector<Endpoint> endpoints)
-      : server_(transport, std::move(target), RpcDispatcher(std::move(endpoints)), Kind::make()) {
+  Served(Transport& transport, Target target, std::vector<Endpoint> endpoints,
+         MessageHandlingServer::Options options = {})
+      : server_(transport, std::move(target), RpcDispatcher(std::move(endpoints)), Kind::make(),
+                std::move(options)) {
     EXPECT_TRUE(server_.start().isOk());
     serving_ = std::make_unique<ServingThread>(server_, Kind::kBlocking);
   }
@@ -318,6 +321,53 @@ TYPED_TEST(RpcEndToEndTest, DeferredRepliesLetOneServerHoldManySlowCalls) {
   for (int i = 0; i < kCalls; ++i) {
     ASSERT_EQ(futures[i].wait_for(boost::chrono::seconds(10)), boost::future_status::ready);
     EXPECT_EQ(futures[i].get()->asInt(), i * 2);
+  }
+}
+
+TYPED_TEST(RpcEndToEndTest, CallsPastMaxUnansweredCallsAreRefusedOverloaded) {
+  // Deferred calls count as unanswered: with three parked, a fourth is refused at once, and
+  // once one is answered the next call is taken again.
+  constexpr int kLimit = 3;
+  std::mutex mutex;
+  std::vector<DeferredReply> parked;
+  Events parkedCount;
+  Endpoint ep;
+  ep.method("later", [&](CallContext& ctx) {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      parked.push_back(ctx.defer());
+    }
+    parkedCount.add();
+  });
+  MessageHandlingServer::Options options;
+  options.maxUnansweredCalls = kLimit;
+  Served<TypeParam> served(this->transport_, this->serverTarget("s1"), {ep}, std::move(options));
+  RpcClient client = this->client();
+  std::vector<boost::future<Result<Value>>> futures;
+  for (int i = 0; i < kLimit; ++i) futures.push_back(client.callAsync("later", {}));
+  ASSERT_TRUE(parkedCount.waitFor(kLimit, kWait));
+
+  Result<Value> refused = client.callValue("later", {});
+  ASSERT_FALSE(refused.isOk());
+  EXPECT_EQ(refused.status().code(), StatusCode::kOverloaded) << refused.status();
+  EXPECT_EQ(served.server().stats().rejected, 1u);
+  EXPECT_EQ(served.server().stats().inFlight, static_cast<uint64_t>(kLimit));
+
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    parked.front().complete(1);
+  }
+  ASSERT_EQ(futures.front().wait_for(boost::chrono::seconds(10)), boost::future_status::ready);
+  EXPECT_TRUE(futures.front().get().isOk());
+  futures.push_back(client.callAsync("later", {}));
+  ASSERT_TRUE(parkedCount.waitFor(kLimit + 1, kWait)) << "a call under the limit was not taken";
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    for (size_t i = 1; i < parked.size(); ++i) parked[i].complete(2);
+  }
+  for (size_t i = 1; i < futures.size(); ++i) {
+    ASSERT_EQ(futures[i].wait_for(boost::chrono::seconds(10)), boost::future_status::ready);
+    EXPECT_TRUE(futures[i].get().isOk());
   }
 }
 

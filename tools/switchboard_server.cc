@@ -135,6 +135,7 @@ int main(int argc, char** argv) {
   std::string brokerUrl;  // empty: no notification broker
   std::string executorKind = "threadpool";
   ThreadPoolExecutor::Options pool;
+  MessageHandlingServer::Options serverOptions;
   std::string name = hostName();
   std::string topic = "switchboard";
   int drainSeconds = 30;
@@ -168,6 +169,11 @@ int main(int argc, char** argv) {
   app.add_option("--max-in-flight", pool.maxInFlight,
                  "thread pool: calls queued or running; more are answered Overloaded")
       ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  app.add_option("--max-unanswered-calls", serverOptions.maxUnansweredCalls,
+                 "calls taken and not answered yet, deferred ones included; more are answered "
+                 "Overloaded")
+      ->check(CLI::Range(1, 1 << 24))
       ->capture_default_str();
   app.add_option("--wake-another-after-us", wakeAnotherAfterUs,
                  "thread pool: a call queued this long wakes one more idle worker")
@@ -277,7 +283,6 @@ int main(int argc, char** argv) {
   Target target;
   target.topic = topic;
   target.server = name;
-  MessageHandlingServer::Options serverOptions;
   serverOptions.log = log;
   MessageHandlingServer server(**transport, target, RpcDispatcher({tools::sampleEndpoint(name, journalFd)}),
                                makeExecutor(executorKind, pool), serverOptions);
