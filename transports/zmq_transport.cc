@@ -725,6 +725,7 @@ class ZmqChannel final : public ClientChannel {
   void ioLoop() {
     std::vector<zmq::message_t> replies;  // the body frames taken in one turn
     std::vector<std::string_view> views;  // of replies, for onReply_
+    uint64_t pollErrors = 0;
     try {
       if (monitor_) receiveLinkEvents();  // from here on monitorFd_ signals every new event
     } catch (const zmq::error_t&) {
@@ -814,8 +815,14 @@ class ZmqChannel final : public ClientChannel {
       pollfd fds[3] = {
           {socketFd, POLLIN, 0}, {waker_.fd(), POLLIN, 0}, {monitorFd_, POLLIN, 0}};
       if (!waitReadable(std::span(fds, monitor_ ? 3 : 2), timeout)) {
-        shared_->options_.log(LogLevel::kError, "zmq",
-                              std::string("poll: ") + std::strerror(errno));
+        // poll() fails at once when it fails for good: log with back-off, retry in a while.
+        if (isLoggedOccurrence(++pollErrors)) {
+          shared_->options_.log(LogLevel::kError, "zmq",
+                                std::string("channel poll: ") + std::strerror(errno),
+                                {{"count", std::to_string(pollErrors)}});
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(kErrorRetryMs));
+        continue;
       }
       if (fds[1].revents != 0) waker_.drain();
       try {
