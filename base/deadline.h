@@ -13,9 +13,10 @@ using Duration = Clock::duration;
 inline constexpr Deadline kNoDeadline = Deadline::max();
 
 // The deadline `d` from now, saturating instead of overflowing.
-inline Deadline deadlineAfter(Duration d) {
-  const Deadline now = Clock::now();
-  return d >= kNoDeadline - now ? kNoDeadline : now + d;
+// `d` after `from`; kNoDeadline when that is past it.
+inline Deadline deadlineAfter(Deadline from, Duration d) {
+  return d >= kNoDeadline - from ? kNoDeadline : from + d;
 }
+inline Deadline deadlineAfter(Duration d) { return deadlineAfter(Clock::now(), d); }
 
 }  // namespace switchboard

@@ -782,9 +782,7 @@ void NetworkCore::call(OutgoingCall outgoing, RawOutcome done) {
       Pending call{.done = std::move(done),
                    .to = std::move(outgoing.to),
                    .request = std::move(outgoing.request),
-                   .deadline = outgoing.timeout >= kNoDeadline - current
-                                   ? kNoDeadline
-                                   : current + outgoing.timeout,
+                   .deadline = deadlineAfter(current, outgoing.timeout),
                    .monitor = outgoing.monitor,
                    .idempotent = outgoing.idempotent,
                    .sequence = nextSequence_++,
@@ -803,12 +801,12 @@ void NetworkCore::call(OutgoingCall outgoing, RawOutcome done) {
   finish(fx);
 }
 
-Status NetworkCore::cast(const Address& to, const NotificationMessage& cast) {
+Status NetworkCore::cast(const Address& to, const NotificationMessage& cast, Duration timeout) {
   std::string bytes;
   encodeMessage(cast, bytes);
   std::lock_guard<std::mutex> lock(mutex_);
   if (stopped_) return Status(StatusCode::kShuttingDown, "the client is closed");
-  const Deadline deadline = now() + std::chrono::seconds(5);
+  const Deadline deadline = deadlineAfter(now(), timeout);
   if (to.fanout && !direct_) {
     size_t reached = 0;
     for (size_t s = 0; s < servers_.size(); ++s) {

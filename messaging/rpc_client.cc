@@ -74,7 +74,7 @@ class ClientCore {
   void call(const Target& target, std::string_view method, Array params,
             const RpcClient::Options& options, Duration timeout, RpcClient::Callback done);
   Status cast(const Target& target, std::string_view method, Array params,
-              const Context& context);
+              const Context& context, Duration timeout);
   Network::Stats stats() const { return network_->stats(); }
   ExceptionRegistry& exceptions() { return outcomes_->exceptions(); }
 
@@ -116,13 +116,13 @@ void ClientCore::call(const Target& target, std::string_view method, Array param
 }
 
 Status ClientCore::cast(const Target& target, std::string_view method, Array params,
-                        const Context& context) {
+                        const Context& context, Duration timeout) {
   NotificationMessage cast;
   cast.method = std::string(method);
   for (Value& p : params) p = serializer_->serializeEntity(context, std::move(p));
   cast.params = std::move(params);
   cast.ext = extensionFor(target, context);
-  return network_->cast(target.address(), cast);
+  return network_->cast(target.address(), cast, timeout);
 }
 
 }  // namespace detail
@@ -223,7 +223,7 @@ Result<Value> RpcClient::callValue(std::string_view method, Array params) const 
 
 Status RpcClient::castValue(std::string_view method, Array params) const {
   if (Status s = checkCall(false); !s) return s;
-  return core_->cast(target_, method, std::move(params), options_.context);
+  return core_->cast(target_, method, std::move(params), options_.context, options_.timeout);
 }
 
 void RpcClient::registerExceptionFactory(

@@ -38,7 +38,8 @@ class ClientCore;
 class RpcClient {
  public:
   struct Options {
-    // The deadline of a call that names none. Never infinite.
+    // The deadline of a call that names none, and how long a cast may wait to be sent (then
+    // it is dropped, counted by the transport). Never infinite.
     Duration timeout = std::chrono::seconds(60);
     // The highest version this client may request; calls above it fail kUnsupportedVersion.
     std::optional<Version> versionCap{};

@@ -742,6 +742,20 @@ TEST_F(NetworkTest, FanoutCastReachesEveryConnectedServer) {
   EXPECT_EQ(casts(C), 0) << "still connecting";
 }
 
+TEST_F(NetworkTest, ACastMayWaitTheClientsTimeoutToBeSent) {
+  start(optionsFor({A}));
+  servers_.answerHealth(A);
+  const Deadline castAt = timers_.now();
+  ASSERT_OK(client_->prepare({.timeout = 3s}).cast("hello", 1));
+  std::vector<Deadline> castDeadlines;
+  for (const auto& sent : servers_.sent(A)) {
+    if (std::holds_alternative<detail::NotificationMessage>(sent.message)) {
+      castDeadlines.push_back(sent.deadline);
+    }
+  }
+  EXPECT_EQ(castDeadlines, std::vector<Deadline>{castAt + 3s});
+}
+
 TEST_F(NetworkTest, BadServerListsAreRefused) {
   EXPECT_CODE(Network::create(servers_, optionsFor({})).status(), StatusCode::kInvalidTarget);
   EXPECT_CODE(Network::create(servers_, optionsFor({A, A})).status(), StatusCode::kInvalidTarget);

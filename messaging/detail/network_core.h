@@ -84,8 +84,9 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
   Deadline now() const { return timers_->now(); }
   // `done` gets exactly one outcome, on a network thread or the caller's.
   void call(OutgoingCall call, RawOutcome done);
-  // To the selected server; with to.fanout to every connected one.
-  Status cast(const Address& to, const NotificationMessage& cast);
+  // To the selected server; with to.fanout to every connected one. Dropped (and counted by the
+  // transport) if it could not be handed to the socket within `timeout`.
+  Status cast(const Address& to, const NotificationMessage& cast, Duration timeout);
 
   void addSubscription(std::shared_ptr<EventSlot> slot);
   void removeSubscription(const std::shared_ptr<EventSlot>& slot);

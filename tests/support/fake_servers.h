@@ -24,6 +24,7 @@ class FakeServers final : public Connector {
     int connection;  // which attempt of that server it went on (1 for the first)
     Address to;
     detail::WireMessage message;
+    Deadline deadline;  // by which the channel was to hand it to the socket
   };
 
   Result<std::unique_ptr<ClientChannel>> open(const std::string& server, ReplyCallback onReply,
@@ -131,11 +132,11 @@ class FakeServers final : public Connector {
       owner_.servers_[server_].connections[connection_ - 1].open = false;
       --owner_.liveChannels_;
     }
-    Status send(const Address& to, std::string bytes, Deadline) override {
+    Status send(const Address& to, std::string bytes, Deadline deadline) override {
       detail::DecodedMessage decoded = detail::decodeMessage(bytes);
       if (!decoded) return decoded.status();
       std::lock_guard<std::mutex> lock(owner_.mutex_);
-      owner_.servers_[server_].sent.push_back(Sent{connection_, to, decoded.message()});
+      owner_.servers_[server_].sent.push_back(Sent{connection_, to, decoded.message(), deadline});
       return Status::ok();
     }
 
