@@ -12,8 +12,8 @@ using Duration = Clock::duration;
 
 inline constexpr Deadline kNoDeadline = Deadline::max();
 
-// The deadline `d` from now, saturating instead of overflowing.
-// `d` after `from`; kNoDeadline when that is past it.
+// The deadline `d` after `from` (or after now), saturating at kNoDeadline instead of
+// overflowing.
 inline Deadline deadlineAfter(Deadline from, Duration d) {
   return d >= kNoDeadline - from ? kNoDeadline : from + d;
 }
