@@ -123,9 +123,8 @@ void ThreadPoolExecutor::poolThreadMain() {
     if (!leading && !q.leaderTaken && !q.ended) leading = q.leaderTaken = true;
     if (leading) {
       // With tasks queued and a thread asleep, the poll ends when the oldest is overdue.
-      const Deadline pollUntil = !q.tasks.empty() && q.anyAsleep()
-                                     ? q.tasks.front().queuedAt + patience
-                                     : kNoDeadline;
+      const Deadline pollUntil =
+          !q.tasks.empty() && q.anyAsleep() ? q.tasks.front().queuedAt + patience : kNoDeadline;
       lock.unlock();
       if (!loop_.turn(collect, pollUntil)) {
         lock.lock();

@@ -43,9 +43,9 @@ class ThreadPoolExecutor final : public Executor {
     Duration wakeAnotherAfter = std::chrono::microseconds(50);
   };
   struct Stats {
-    size_t idle = 0;         // pool threads asleep, waiting for a task or the lead
-    uint64_t wakeups = 0;    // threads woken for a task or the lead, since construction
-    uint64_t rejected = 0;   // tasks rejected kOverloaded, since construction
+    size_t idle = 0;        // pool threads asleep, waiting for a task or the lead
+    uint64_t wakeups = 0;   // threads woken for a task or the lead, since construction
+    uint64_t rejected = 0;  // tasks rejected kOverloaded, since construction
   };
 
   explicit ThreadPoolExecutor(Options options);

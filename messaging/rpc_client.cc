@@ -73,8 +73,8 @@ class ClientCore {
   // Ends `timeout` after the network took it.
   void call(const Target& target, std::string_view method, Array params,
             const RpcClient::Options& options, Duration timeout, RpcClient::Callback done);
-  Status cast(const Target& target, std::string_view method, Array params,
-              const Context& context, Duration timeout);
+  Status cast(const Target& target, std::string_view method, Array params, const Context& context,
+              Duration timeout);
   Network::Stats stats() const { return network_->stats(); }
   ExceptionRegistry& exceptions() { return outcomes_->exceptions(); }
 

@@ -34,7 +34,7 @@ struct CallKeyHash {
 // allocate nothing.
 struct RegisteredCall : boost::intrusive::unordered_set_base_hook<
                             boost::intrusive::link_mode<boost::intrusive::safe_link>> {
-  explicit RegisteredCall(CallKey key) : key(std::move(key)) {}
+  explicit RegisteredCall(CallKey callKey) : key(std::move(callKey)) {}
   const CallKey key;
   std::atomic<bool> cancelled{false};  // set by a CancelMessage for the call
 };
@@ -428,9 +428,9 @@ Status ServerCore::poll(Deadline deadline, std::vector<TaskPtr>& out) {
         auto task =
             std::make_unique<RequestTask>(std::move(reply), std::move(request), callerDeadline);
         if (overLimit) {
-          task->reject(Status(StatusCode::kOverloaded,
-                              "server busy: " + std::to_string(unanswered) +
-                                  " calls unanswered (maxUnansweredCalls)"));
+          task->reject(
+              Status(StatusCode::kOverloaded, "server busy: " + std::to_string(unanswered) +
+                                                  " calls unanswered (maxUnansweredCalls)"));
           break;
         }
         out.push_back(std::move(task));

@@ -1128,18 +1128,20 @@ struct Measurement {
 // every round's key, errors and first error. Precondition: `rounds` is not empty.
 template <typename Figure>
 Figure medianRound(std::vector<Figure> rounds, std::vector<double> Figure::*perRound) {
-  Figure all;
+  std::vector<double> keys;
+  uint64_t errors = 0;
+  std::string firstError;
   for (const Figure& f : rounds) {
-    (all.*perRound).push_back(f.key());
-    all.errors += f.errors;
-    if (all.firstError.empty()) all.firstError = f.firstError;
+    keys.push_back(f.key());
+    errors += f.errors;
+    if (firstError.empty()) firstError = f.firstError;
   }
   std::stable_sort(rounds.begin(), rounds.end(),
                    [](const Figure& a, const Figure& b) { return a.key() < b.key(); });
   Figure median = std::move(rounds[(rounds.size() - 1) / 2]);
-  median.*perRound = std::move(all.*perRound);
-  median.errors = all.errors;
-  median.firstError = std::move(all.firstError);
+  median.*perRound = std::move(keys);
+  median.errors = errors;
+  median.firstError = std::move(firstError);
   return median;
 }
 

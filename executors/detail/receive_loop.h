@@ -29,10 +29,10 @@ class ReceiveLoop final {
   // Begins an epoch that reads `source`. Precondition: the previous epoch finished.
   void arm(TaskSource& source);
   // One turn of the epoch on the calling thread: runs the timers that are due, or else polls the
-  // source once (waiting at most until the next timer or `pollUntil`) and gives each task to `handoff` (or
-  // rejects it kShuttingDown once stopping). Returns false, doing nothing, when the epoch is
-  // over (stop requested, no work guard left); the caller then calls end(). Different threads
-  // may take turns, one at a time (a thread pool's leader).
+  // source once (waiting at most until the next timer or `pollUntil`) and gives each task to
+  // `handoff` (or rejects it kShuttingDown once stopping). Returns false, doing nothing, when the
+  // epoch is over (stop requested, no work guard left); the caller then calls end(). Different
+  // threads may take turns, one at a time (a thread pool's leader).
   bool turn(const Handoff& handoff, Deadline pollUntil = kNoDeadline);
   // Ends the epoch after turn() returned false: pending timers are destroyed, waiters woken.
   void end();
