@@ -2,9 +2,12 @@
 // Implementations: BlockingExecutor, EventLoopExecutor, ThreadPoolExecutor; one lifecycle contract.
 #pragma once
 
+#include <atomic>
+#include <cstddef>
 #include <functional>
 #include <memory>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "base/deadline.h"
@@ -17,11 +20,24 @@ namespace switchboard {
 // reject() is called, once, on an executor thread; neither may throw.
 class Task {
  public:
-  virtual ~Task() = default;
+  virtual ~Task() { releaseSlot(); }
   virtual void run() noexcept = 0;
   // The executor refused the task (kOverloaded when full, kShuttingDown when stopping). The task
   // must still answer its sender: nothing accepted is dropped silently.
   virtual void reject(Status why) noexcept = 0;
+
+  // An executor that bounds its tasks in flight counts this one in `slots` from admission until
+  // releaseSlot(). The executor calls it before reject() and after run() (the destructor at the
+  // latest); a task that answers its sender inside run() calls it just before the answer goes,
+  // so the sender's next message finds the slot free. Called on the thread that has the task;
+  // the first call frees the slot, later ones do nothing.
+  void holdSlot(std::atomic<size_t>& slots) { slot_ = &slots; }
+  void releaseSlot() {
+    if (std::atomic<size_t>* slots = std::exchange(slot_, nullptr)) slots->fetch_sub(1);
+  }
+
+ private:
+  std::atomic<size_t>* slot_ = nullptr;
 };
 using TaskPtr = std::unique_ptr<Task>;
 

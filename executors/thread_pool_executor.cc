@@ -88,8 +88,11 @@ Status ThreadPoolExecutor::start(TaskSource& source) {
   });
 }
 
-Status ThreadPoolExecutor::admit() {
-  if (inFlight_.fetch_add(1) < options_.maxInFlight) return Status::ok();
+Status ThreadPoolExecutor::admit(Task& task) {
+  if (inFlight_.fetch_add(1) < options_.maxInFlight) {
+    task.holdSlot(inFlight_);
+    return Status::ok();
+  }
   inFlight_.fetch_sub(1);
   return Status(StatusCode::kOverloaded, "server busy: in-flight limit reached");
 }
@@ -111,8 +114,7 @@ void ThreadPoolExecutor::poolThreadMain() {
     ++q.working;
     lock.unlock();
     item.task->run();
-    item.task.reset();
-    inFlight_.fetch_sub(1);
+    item.task.reset();  // frees its slot if run() did not
     item.work = WorkGuard();  // the epoch may end once the last task has finished
     lock.lock();
     --q.working;
@@ -136,7 +138,7 @@ void ThreadPoolExecutor::poolThreadMain() {
       }
       // Admission outside the pool's lock (the counter is atomic); refusals answer at once.
       for (TaskPtr& task : batch) {
-        if (Status why = admit(); !why) {
+        if (Status why = admit(*task); !why) {
           refused.emplace_back(std::move(task), std::move(why));
         } else {
           admitted.push_back({std::move(task), loop_.acquireWork(), {}});
@@ -160,7 +162,7 @@ void ThreadPoolExecutor::poolThreadMain() {
           next->queuedAt = now;
           q.tasks.push_back(std::move(*next));
         } else {
-          inFlight_.fetch_sub(1);
+          next->task->releaseSlot();
           refused.emplace_back(std::move(next->task),
                                Status(StatusCode::kOverloaded, "server busy: queue full"));
         }

@@ -38,7 +38,9 @@ class ThreadPoolExecutor final : public Executor {
   struct Options : ExecutorOptions {
     size_t threads = 4;           // tasks run at once; the pool has one more thread to poll
     size_t queueCapacity = 1024;  // tasks waiting for a worker
-    size_t maxInFlight = 1024;    // tasks queued or running; more are rejected kOverloaded
+    // Tasks queued or running, until each answers (Task::releaseSlot); more are rejected
+    // kOverloaded.
+    size_t maxInFlight = 1024;
     // A task that waited this long in the queue wakes one more idle thread.
     Duration wakeAnotherAfter = std::chrono::microseconds(50);
   };
@@ -66,8 +68,9 @@ class ThreadPoolExecutor final : public Executor {
 
  private:
   void poolThreadMain();
-  // Counts one more task in flight, or refuses it: kOverloaded past maxInFlight.
-  Status admit();
+  // Counts `task` in flight until it releases its slot, or refuses it: kOverloaded past
+  // maxInFlight.
+  Status admit(Task& task);
   Status finish(Deadline deadline);
 
   const Options options_;

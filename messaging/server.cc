@@ -267,14 +267,14 @@ class RequestTask final : public Task {
   void run() noexcept override {
     ServerCore& core = reply_->core_;
     if (deadline_ != kNoDeadline && Clock::now() >= deadline_) {
-      reply_->send(Status(StatusCode::kTimeout, "the caller's deadline passed before dispatch"));
+      answer(Status(StatusCode::kTimeout, "the caller's deadline passed before dispatch"));
       return;
     }
     std::optional<Version> version;
     if (!request_.ext.version.empty()) {
       Result<Version> parsed = Version::parse(request_.ext.version);
       if (!parsed) {
-        reply_->send(parsed.status());
+        answer(parsed.status());
         return;
       }
       version = *parsed;
@@ -282,15 +282,15 @@ class RequestTask final : public Task {
     try {
       core.deserializeArguments(request_.ext.context, reply_->context_, request_.params);
     } catch (const std::exception& e) {
-      reply_->send(Status(StatusCode::kBadArguments, std::string("serializer: ") + e.what()));
+      answer(Status(StatusCode::kBadArguments, std::string("serializer: ") + e.what()));
       return;
     }
     if (request_.method == "_health") {
-      reply_->send(Value(core.draining_.load() ? "draining" : "serving"));
+      answer(Value(core.draining_.load() ? "draining" : "serving"));
       return;
     }
     if (request_.method == "_introspect") {
-      reply_->send(core.dispatcher_.introspect());
+      answer(core.dispatcher_.introspect());
       return;
     }
     CallContext ctx(reply_->context_, request_.method, reply_->message_->peer(), deadline_,
@@ -299,7 +299,7 @@ class RequestTask final : public Task {
     Result<Value> outcome =
         core.dispatcher_.dispatch(ctx, request_.ext.ns, version, request_.method,
                                   std::move(request_.params));
-    if (!ctx.deferred()) reply_->send(std::move(outcome));
+    if (!ctx.deferred()) answer(std::move(outcome));
   }
 
   // The executor did not run it (Overloaded, ShuttingDown): the caller may send it elsewhere.
@@ -309,6 +309,13 @@ class RequestTask final : public Task {
   }
 
  private:
+  // Answers inside run(), freeing the executor's slot first (a deferred answer frees it when
+  // run() returns).
+  void answer(Result<Value> outcome) {
+    releaseSlot();
+    reply_->send(std::move(outcome));
+  }
+
   std::shared_ptr<CallReply> reply_;
   RequestMessage request_;
   Deadline deadline_;

@@ -1149,6 +1149,47 @@ TEST(ThreadPoolExecutorTest, ExcessTasksAreRejectedOverloadedAtTheInFlightLimit)
   EXPECT_EQ(exec.stats().rejected, rejectedBefore + (kTasks - 2));
 }
 
+// A task that answers inside run() frees its in-flight slot then (Task::releaseSlot), not when
+// run() returns: at maxInFlight 1, the task polled next is run while the first still runs.
+TEST(ThreadPoolExecutorTest, ATaskThatReleasedItsSlotLetsTheNextOneIn) {
+  class AnsweringTask final : public Task {
+   public:
+    AnsweringTask(std::promise<void>& answered, Gate& mayReturn)
+        : answered_(answered), mayReturn_(mayReturn) {}
+    void run() noexcept override {
+      releaseSlot();  // as a server's task does just before its reply goes
+      answered_.set_value();
+      mayReturn_.wait();
+    }
+    void reject(Status) noexcept override { ADD_FAILURE() << "the first task is admitted"; }
+
+   private:
+    std::promise<void>& answered_;
+    Gate& mayReturn_;
+  };
+  Gate mayReturn;  // declared before the pool, which joins the thread that waits on it
+  std::promise<void> answered;
+  std::promise<bool> nextRan;  // true: run; false: rejected
+  ThreadPoolExecutor::Options o;
+  o.threads = 2;
+  o.maxInFlight = 1;
+  ManualTaskSource source;
+  ThreadPoolExecutor exec(o);
+  ASSERT_OK(exec.start(source));
+  source.push(std::make_unique<AnsweringTask>(answered, mayReturn));
+  auto answeredF = answered.get_future();
+  ASSERT_TRUE(readyWithin(answeredF, kLong));
+  source.push([&] { nextRan.set_value(true); }, [&](Status) { nextRan.set_value(false); });
+  auto nextRanF = nextRan.get_future();
+  const bool decided = readyWithin(nextRanF, kLong);
+  mayReturn.open();
+  ASSERT_TRUE(decided);
+  EXPECT_TRUE(nextRanF.get()) << "refused although the first task had freed its slot";
+  exec.stop();
+  ASSERT_OK(exec.wait(deadlineAfter(kLong)));
+  EXPECT_EQ(exec.stats().rejected, 0u);
+}
+
 TEST(ThreadPoolExecutorTest, TasksBeyondTheQueueCapacityAreRejectedOverloaded) {
   LogCapture log;
   ThreadPoolExecutor::Options o;

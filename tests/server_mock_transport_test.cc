@@ -24,6 +24,7 @@
 #include "base/deadline.h"
 #include "base/log.h"
 #include "base/status.h"
+#include "executors/thread_pool_executor.h"
 #include "messaging/detail/codec.h"
 #include "messaging/detail/wire.h"
 #include "messaging/dispatcher.h"
@@ -326,6 +327,45 @@ TEST(ServerMockTransportTest, RequestIsAnsweredOnceWithTheEncodedResponseThreadP
 
 TEST(ServerMockTransportTest, RequestIsAnsweredOnceWithTheEncodedResponseBlocking) {
   requestIsAnsweredOnceWithTheEncodedResponse<testing::BlockingKind>();
+}
+
+// A thread pool that admits one task at a time (maxInFlight 1) frees a call's slot before its
+// reply goes, not when the task returns: a client's next call, sent once it has the reply, is
+// served, never refused Overloaded. The first reply() holds its task until the second call has
+// been answered, so the second call finds the first task still running.
+TEST(ServerMockTransportTest, AOneAtATimePoolServesTheCallSentAfterTheReply) {
+  NiceMock<MockTransport> transport;
+  Inbox inbox;
+  expectListen(transport, inbox, serverTarget().address());
+  Gate firstMayReturn;  // declared before the server, which outlives the first reply()
+  std::promise<void> firstReplying;
+  ThreadPoolExecutor::Options pool;
+  pool.threads = 2;
+  pool.maxInFlight = 1;
+  MessageHandlingServer server(transport, serverTarget(), RpcDispatcher({calculator()}),
+                               std::make_unique<ThreadPoolExecutor>(pool));
+  ASSERT_OK(server.start());
+
+  auto first = incoming(encodeMessage(RequestMessage{1, "add", {2, 3}, {}}));
+  EXPECT_CALL(*first, reply(_)).WillOnce([&](std::string) {
+    firstReplying.set_value();
+    firstMayReturn.wait();
+    return Status::ok();
+  });
+  auto second = incoming(encodeMessage(RequestMessage{2, "add", {20, 22}, {}}));
+  std::future<std::string> secondReplied = expectOneReply(*second);
+  inbox.push(std::move(first));
+  auto replying = firstReplying.get_future();
+  ASSERT_TRUE(readyWithin(replying));
+  inbox.push(std::move(second));
+  const bool answered = readyWithin(secondReplied);
+  firstMayReturn.open();
+  ASSERT_TRUE(answered);
+  EXPECT_EQ(secondReplied.get(), encodeMessage(ResponseMessage{2, Status::ok(), Value(42)}));
+
+  server.stop();
+  ASSERT_OK(server.wait(deadlineAfter(kWait)));
+  EXPECT_EQ(server.stats().rejected, 0u);
 }
 
 // A request whose msgid is readable but whose shape is bad gets a kProtocolError reply for that
