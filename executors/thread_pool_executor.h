@@ -38,8 +38,8 @@ class ThreadPoolExecutor final : public Executor {
   struct Options : ExecutorOptions {
     size_t threads = 4;           // tasks run at once; the pool has one more thread to poll
     size_t queueCapacity = 1024;  // tasks waiting for a worker
-    // Tasks queued or running, until each answers (Task::releaseSlot); more are rejected
-    // kOverloaded.
+    // Tasks queued or running; a running one stops counting once it answers
+    // (Task::releaseSlot) or returns. More are rejected kOverloaded.
     size_t maxInFlight = 1024;
     // A task that waited this long in the queue wakes one more idle thread.
     Duration wakeAnotherAfter = std::chrono::microseconds(50);
