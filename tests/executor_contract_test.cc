@@ -757,6 +757,52 @@ TYPED_TEST(ExecutorContractTest, WorkGuardKeepsTheEpochOpenUntilReleased) {
   this->joinCallers();
 }
 
+// Guards taken and released on several threads at once, while another is live (they take no
+// lock then), keep a stopped epoch open until the last of them goes, wherever it goes.
+TYPED_TEST(ExecutorContractTest, WorkGuardsOnManyThreadsKeepTheEpochOpenUntilTheLastGoes) {
+  auto& exec = *this->exec_;
+  ASSERT_NO_FATAL_FAILURE(this->startRunning());
+  std::promise<WorkGuard> acquired;
+  this->source_.push([&] { acquired.set_value(exec.acquireWork()); });
+  auto f = acquired.get_future();
+  ASSERT_TRUE(readyWithin(f, kLong));
+  WorkGuard first = f.get();
+  exec.stop();
+  constexpr size_t kThreads = 4;
+  constexpr int kRounds = 5000;
+  std::atomic<int> empty{0};
+  std::vector<WorkGuard> kept(kThreads);  // each thread's last guard, released later
+  {
+    std::latch go(kThreads);
+    std::vector<std::jthread> takers;
+    for (size_t i = 0; i < kThreads; ++i) {
+      takers.emplace_back([&, i] {
+        go.arrive_and_wait();
+        for (int round = 0; round < kRounds; ++round) {
+          if (!exec.acquireWork().holdsWork()) empty.fetch_add(1);
+        }
+        kept[i] = exec.acquireWork();
+        if (!kept[i].holdsWork()) empty.fetch_add(1);
+      });
+    }
+  }
+  EXPECT_EQ(empty.load(), 0);
+  first.reset();
+  EXPECT_CODE(exec.wait(deadlineAfter(kShort)), StatusCode::kTimeout);  // the kept ones hold it
+  {
+    std::latch go(kThreads);
+    std::vector<std::jthread> releasers;
+    for (WorkGuard& guard : kept) {
+      releasers.emplace_back([&go, &guard] {
+        go.arrive_and_wait();
+        guard.reset();
+      });
+    }
+  }
+  ASSERT_OK(exec.wait(deadlineAfter(kLong)));
+  this->joinCallers();
+}
+
 TYPED_TEST(ExecutorContractTest, AcquireWorkWhenNotRunningIsEmpty) {
   auto& exec = *this->exec_;
   EXPECT_FALSE(exec.acquireWork().holdsWork());  // never started

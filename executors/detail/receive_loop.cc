@@ -59,6 +59,13 @@ Status ReceiveLoop::runAt(Deadline when, std::function<void()> fn) {
 }
 
 WorkGuard ReceiveLoop::acquireWork() {
+  // While a guard is live the epoch cannot end, so another is taken without the lock; the
+  // first is taken under it.
+  for (uint64_t live = outstanding_.load(); live != 0;) {
+    if (outstanding_.compare_exchange_weak(live, live + 1)) {
+      return WorkGuard([this] { releaseWork(); });
+    }
+  }
   std::lock_guard<std::mutex> lock(mutex_);
   if (!armed_) return WorkGuard();
   ++outstanding_;
@@ -66,6 +73,11 @@ WorkGuard ReceiveLoop::acquireWork() {
 }
 
 void ReceiveLoop::releaseWork() {
+  for (uint64_t live = outstanding_.load(); live > 1;) {
+    if (outstanding_.compare_exchange_weak(live, live - 1)) return;
+  }
+  // Perhaps the last: decremented under the lock, so that once turn() has seen no guard left
+  // (and the epoch may end, and its owner go), no release still touches this loop.
   std::lock_guard<std::mutex> lock(mutex_);
   if (--outstanding_ != 0) return;
   if (stopRequested_) wake();

@@ -3,6 +3,7 @@
 // While a stopped epoch drains, tasks still polled are rejected kShuttingDown.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -64,7 +65,9 @@ class ReceiveLoop final {
   bool stopRequested_ = false;        // guarded by mutex_
   bool woken_ = false;                // guarded by mutex_
   bool done_ = true;                  // guarded by mutex_
-  uint64_t outstanding_ = 0;          // guarded by mutex_: live work guards
+  // Live work guards. Goes from 0 to 1 and from 1 to 0 only under mutex_; other changes take no
+  // lock (guards of a thread pool's calls are taken and released several times per call).
+  std::atomic<uint64_t> outstanding_{0};
   bool sourceBroken_ = false;         // guarded by mutex_: poll() failed this epoch
   std::vector<TaskPtr> polled_;       // used by the thread taking a turn
   std::vector<std::function<void()>> due_;  // used by the thread taking a turn
