@@ -104,15 +104,22 @@ void ThreadPoolExecutor::poolThreadMain() {
   std::vector<detail::QueuedTask> admitted;
   std::vector<std::pair<TaskPtr, Status>> refused;
   const auto collect = [&batch](TaskPtr task) { batch.push_back(std::move(task)); };
+  // Wake-ups are counted under the lock and signalled after it is released, so that a woken
+  // thread does not at once block on the mutex its waker still holds.
+  size_t toSignal = 0;
   const auto wakeOne = [&] {
     ++q.wakeups;
+    ++toSignal;
     wakeups_.fetch_add(1, std::memory_order_relaxed);
-    q.wakeup.notify_one();
+  };
+  const auto unlockAndSignal = [&](std::unique_lock<std::mutex>& lock) {
+    lock.unlock();
+    for (; toSignal != 0; --toSignal) q.wakeup.notify_one();
   };
   // Runs a task with the lock released; counted as working meanwhile.
   const auto runOne = [&](std::unique_lock<std::mutex>& lock, detail::QueuedTask item) {
     ++q.working;
-    lock.unlock();
+    unlockAndSignal(lock);
     item.task->run();
     item.task.reset();  // frees its slot if run() did not
     item.work = WorkGuard();  // the epoch may end once the last task has finished
@@ -127,7 +134,7 @@ void ThreadPoolExecutor::poolThreadMain() {
       // With tasks queued and a thread asleep, the poll ends when the oldest is overdue.
       const Deadline pollUntil =
           !q.tasks.empty() && q.anyAsleep() ? q.tasks.front().queuedAt + patience : kNoDeadline;
-      lock.unlock();
+      unlockAndSignal(lock);
       if (!loop_.turn(collect, pollUntil)) {
         lock.lock();
         q.ended = true;  // no work guard is left, so no task is queued or running
@@ -173,7 +180,7 @@ void ThreadPoolExecutor::poolThreadMain() {
       const bool undrained = q.working == 0 && q.wakeups == 0 && !mine.task;
       if (q.frontOverdue(now, undrained ? Duration::zero() : patience)) wakeOne();
       if (!mine.task && refused.empty()) continue;
-      lock.unlock();
+      unlockAndSignal(lock);
       rejected_.fetch_add(refused.size());
       for (auto& [task, why] : refused) task->reject(std::move(why));
       refused.clear();
