@@ -188,6 +188,15 @@ class ExecutorContractTest : public ::testing::Test {
     auto f = ran.get_future();
     ASSERT_TRUE(readyWithin(f, kLong)) << "the executor runs no task";
   }
+  // A work guard taken inside a task, returned once the task has; empty if no task ran in time.
+  WorkGuard guardTakenByATask() {
+    std::promise<WorkGuard> acquired;
+    source_.push([&] { acquired.set_value(exec_->acquireWork()); });
+    auto f = acquired.get_future();
+    if (!readyWithin(f, kLong)) return WorkGuard();
+    return f.get();
+  }
+
   void startRunning() {
     ASSERT_OK(start());
     ASSERT_NO_FATAL_FAILURE(ensureRunning());
@@ -743,11 +752,7 @@ TYPED_TEST(ExecutorContractTest, FiftyStartStopCyclesWithoutWaitLeakNoThread) {
 TYPED_TEST(ExecutorContractTest, WorkGuardKeepsTheEpochOpenUntilReleased) {
   auto& exec = *this->exec_;
   ASSERT_NO_FATAL_FAILURE(this->startRunning());
-  std::promise<WorkGuard> acquired;
-  this->source_.push([&] { acquired.set_value(exec.acquireWork()); });
-  auto f = acquired.get_future();
-  ASSERT_TRUE(readyWithin(f, kLong));
-  WorkGuard guard = f.get();  // the task has returned; its deferred work has not
+  WorkGuard guard = this->guardTakenByATask();  // the task has returned; its deferred work has not
   ASSERT_TRUE(guard.holdsWork());
   exec.stop();
   EXPECT_CODE(exec.wait(deadlineAfter(kShort)), StatusCode::kTimeout);
@@ -762,11 +767,8 @@ TYPED_TEST(ExecutorContractTest, WorkGuardKeepsTheEpochOpenUntilReleased) {
 TYPED_TEST(ExecutorContractTest, WorkGuardsOnManyThreadsKeepTheEpochOpenUntilTheLastGoes) {
   auto& exec = *this->exec_;
   ASSERT_NO_FATAL_FAILURE(this->startRunning());
-  std::promise<WorkGuard> acquired;
-  this->source_.push([&] { acquired.set_value(exec.acquireWork()); });
-  auto f = acquired.get_future();
-  ASSERT_TRUE(readyWithin(f, kLong));
-  WorkGuard first = f.get();
+  WorkGuard first = this->guardTakenByATask();
+  ASSERT_TRUE(first.holdsWork());
   exec.stop();
   constexpr size_t kThreads = 4;
   constexpr int kRounds = 5000;
@@ -868,11 +870,7 @@ TYPED_TEST(ExecutorContractTest, RunAtWhenNotRunningIsShuttingDown) {
 TYPED_TEST(ExecutorContractTest, RunAtAfterStopWhileDrainingIsAccepted) {
   auto& exec = *this->exec_;
   ASSERT_NO_FATAL_FAILURE(this->startRunning());
-  std::promise<WorkGuard> acquired;
-  this->source_.push([&] { acquired.set_value(exec.acquireWork()); });
-  auto acquiredF = acquired.get_future();
-  ASSERT_TRUE(readyWithin(acquiredF, kLong));
-  WorkGuard guard = acquiredF.get();
+  WorkGuard guard = this->guardTakenByATask();
   ASSERT_TRUE(guard.holdsWork());
   exec.stop();
   std::promise<bool> fired;
