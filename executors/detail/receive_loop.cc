@@ -59,17 +59,20 @@ Status ReceiveLoop::runAt(Deadline when, std::function<void()> fn) {
 }
 
 WorkGuard ReceiveLoop::acquireWork() {
+  if (!takeWork()) return WorkGuard();
+  return WorkGuard([this] { releaseWork(); });
+}
+
+bool ReceiveLoop::takeWork() {
   // While a guard is live the epoch cannot end, so another is taken without the lock; the
   // first is taken under it.
   for (uint64_t live = outstanding_.load(); live != 0;) {
-    if (outstanding_.compare_exchange_weak(live, live + 1)) {
-      return WorkGuard([this] { releaseWork(); });
-    }
+    if (outstanding_.compare_exchange_weak(live, live + 1)) return true;
   }
   std::lock_guard<std::mutex> lock(mutex_);
-  if (!armed_) return WorkGuard();
+  if (!armed_) return false;
   ++outstanding_;
-  return WorkGuard([this] { releaseWork(); });
+  return true;
 }
 
 void ReceiveLoop::releaseWork() {

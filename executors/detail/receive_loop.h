@@ -52,6 +52,7 @@ class ReceiveLoop final {
 
  private:
   void wake();  // lock held
+  bool takeWork();  // counts one more live guard; false when not armed
   void releaseWork();
 
   const LogSink log_;
