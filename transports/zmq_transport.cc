@@ -303,7 +303,8 @@ class PolledSocket {
   }
 
   // The receiving loop of a Listener::poll(): under mutex_, `takeLocked(wakeAt)` takes what
-  // arrived and returns how many (it may bring `wakeAt`, initially `deadline`, forward); with
+  // arrived and returns how many, 0 only once a receive found nothing after its sends (it may
+  // bring `wakeAt`, initially `deadline`, forward); with
   // nothing taken and nothing readable it sleeps until a message, interrupt(), work left for it
   // (wakePollerForLeftWorkLocked()) or wakeAt. It returns under mutex_ only, having done the
   // work left for it (release()): when it returns, no thread sleeps on the socket.
@@ -320,12 +321,13 @@ class PolledSocket {
         pollerAsleep_ = false;
         pollerWoken_ = false;
         if (closed_) return Status(StatusCode::kShuttingDown, "listener closed");
-        // Replies left for it go out before it looks: the isReadable() below covers their sends.
+        // Replies left for it go out before it looks, so its receive covers their sends.
         if (hasLeftWork()) leftWorkLocked();
         if (!pollFailed) return pollFailed;
+        // Nothing taken means a receive found nothing after every send made under this hold, so
+        // ZMQ_FD signals the next message: no isReadable() (a poll() in libzmq) before sleeping.
         if (takeLocked(wakeAt) > 0) return Status::ok();
         if (deadlinePassed || interrupted_.exchange(false)) return Status::ok();
-        if (isReadable(socket_)) continue;
         socketFd = socket_.get(zmq::sockopt::fd);
         pollerAsleep_ = true;
       } catch (const zmq::error_t& e) {
@@ -774,16 +776,24 @@ class ZmqChannel final : public ClientChannel {
         }
         for (const Outgoing& o : held_) next = std::min(next, o.deadline);
         zmq::message_t frame;
-        while (replies.size() < kReceiveBatch &&
-               dealer_.recv(frame, zmq::recv_flags::dontwait)) {
+        bool drained = false;  // a receive found nothing, after every send of this turn
+        while (replies.size() < kReceiveBatch) {
+          if (!dealer_.recv(frame, zmq::recv_flags::dontwait)) {
+            drained = true;
+            break;
+          }
           while (frame.more()) (void)dealer_.recv(frame);  // the body is the last frame
           replies.push_back(std::move(frame));
         }
         // The receive (or this read) may have taken the command that made room for what still
-        // waits (a send takes commands at most once a millisecond): then look again.
-        const int events = dealer_.get(zmq::sockopt::events);
-        lookAgain =
-            (events & ZMQ_POLLIN) != 0 || (!held_.empty() && (events & ZMQ_POLLOUT) != 0);
+        // waits (a send takes commands at most once a millisecond): then look again. A drained
+        // socket with nothing waiting needs no read of ZMQ_EVENTS (a poll() in libzmq): its
+        // receive took every command, so ZMQ_FD signals the next.
+        if (!drained || !held_.empty()) {
+          const int events = dealer_.get(zmq::sockopt::events);
+          lookAgain =
+              (events & ZMQ_POLLIN) != 0 || (!held_.empty() && (events & ZMQ_POLLOUT) != 0);
+        }
         socketFd = dealer_.get(zmq::sockopt::fd);
         std::lock_guard<std::mutex> lock(mutex_);
         pendingBytes_ -= std::exchange(doneBytes, 0);
