@@ -20,20 +20,33 @@ struct QueuedTask {
 // The pool's shared state for one epoch.
 struct WorkQueue {
   std::mutex mutex;
-  std::condition_variable wakeup;  // idle threads wait here for a wake-up or the epoch's end
+  std::condition_variable wakeup;  // idle threads but the watcher wait here
+  std::condition_variable watch;   // the watcher waits here
   std::deque<QueuedTask> tasks;    // guarded by mutex: admitted, waiting for a thread
-  size_t idle = 0;                 // guarded by mutex: threads waiting on wakeup
-  size_t wakeups = 0;              // guarded by mutex: wake-ups sent, not yet taken by a thread
+  size_t idle = 0;                 // guarded by mutex: threads asleep, the watcher included
+  size_t wakeups = 0;              // guarded by mutex: wake-ups sent on `wakeup`, not yet taken
   size_t working = 0;              // guarded by mutex: threads running a task, not leading
   bool leaderTaken = false;        // guarded by mutex: a thread polls or is about to
   bool ended = false;              // guarded by mutex: the epoch is over; threads exit
+  // The leader runs a batch nobody else drains itself, while one idle thread, the watcher,
+  // takes the lead from it once a single task has held it for a watch period.
+  bool leaderRunning = false;  // guarded by mutex: the leader runs a queued task
+  uint64_t leaderTasks = 0;    // guarded by mutex: queued tasks the leader started
+  uint64_t leaderTerm = 0;     // guarded by mutex: bumped when the watcher takes the lead
+  bool watching = false;       // guarded by mutex: an idle thread is the watcher
+  bool watcherTimed = false;   // guarded by mutex: the watcher's sleep ends each watch period
+  bool watcherWoken = false;   // guarded by mutex: the watcher is woken to run tasks
 
   // Idle threads no wake-up is on its way to.
-  bool anyAsleep() const { return idle > wakeups; }
+  bool anyAsleep() const { return idle > wakeups + (watcherWoken ? 1 : 0); }
+  // Idle threads other than the watcher that no wake-up is on its way to.
+  bool anySleeper() const { return idle - (watching ? 1 : 0) > wakeups; }
   // True when the oldest queued task has waited `patience` by `now` and a thread could take it.
   bool frontOverdue(Deadline now, Duration patience) const {
     return !tasks.empty() && anyAsleep() && now - tasks.front().queuedAt >= patience;
   }
+  // No thread but the leader runs queued tasks or is about to.
+  bool undrained() const { return working == 0 && wakeups == 0 && !watcherWoken; }
 };
 }  // namespace detail
 
@@ -107,24 +120,45 @@ void ThreadPoolExecutor::poolThreadMain() {
   // Wake-ups are counted under the lock and signalled after it is released, so that a woken
   // thread does not at once block on the mutex its waker still holds.
   size_t toSignal = 0;
+  bool signalWatcher = false;
+  // Wakes an idle thread to run queued tasks or lead; precondition: q.anyAsleep().
   const auto wakeOne = [&] {
-    ++q.wakeups;
-    ++toSignal;
     wakeups_.fetch_add(1, std::memory_order_relaxed);
+    if (q.anySleeper()) {
+      ++q.wakeups;
+      ++toSignal;
+    } else {
+      q.watcherWoken = true;
+      signalWatcher = true;
+    }
   };
   const auto unlockAndSignal = [&](std::unique_lock<std::mutex>& lock) {
     lock.unlock();
     for (; toSignal != 0; --toSignal) q.wakeup.notify_one();
+    if (std::exchange(signalWatcher, false)) q.watch.notify_one();
   };
-  // Runs a task with the lock released; counted as working meanwhile.
-  const auto runOne = [&](std::unique_lock<std::mutex>& lock, detail::QueuedTask item) {
-    ++q.working;
+  // Runs a task with the lock released.
+  const auto runUnlocked = [&](std::unique_lock<std::mutex>& lock, detail::QueuedTask item) {
     unlockAndSignal(lock);
     item.task->run();
     item.task.reset();  // frees its slot if run() did not
     item.work = WorkGuard();  // the epoch may end once the last task has finished
     lock.lock();
+  };
+  // Runs a task as one of the threads that are not leading.
+  const auto runOne = [&](std::unique_lock<std::mutex>& lock, detail::QueuedTask item) {
+    ++q.working;
+    runUnlocked(lock, std::move(item));
     --q.working;
+  };
+  // Pops the oldest task; one that waited `patience` wakes another thread for those behind it.
+  const auto popFront = [&] {
+    detail::QueuedTask item = std::move(q.tasks.front());
+    q.tasks.pop_front();
+    if (!q.tasks.empty() && q.anyAsleep() && Clock::now() - item.queuedAt >= patience) {
+      wakeOne();
+    }
+    return item;
   };
   bool leading = false;
   std::unique_lock<std::mutex> lock(q.mutex);
@@ -139,6 +173,7 @@ void ThreadPoolExecutor::poolThreadMain() {
         lock.lock();
         q.ended = true;  // no work guard is left, so no task is queued or running
         q.wakeup.notify_all();
+        q.watch.notify_all();
         lock.unlock();
         loop_.end();
         return;
@@ -156,9 +191,7 @@ void ThreadPoolExecutor::poolThreadMain() {
       lock.lock();
       detail::QueuedTask mine;
       auto next = admitted.begin();
-      // A lone task runs here while an idle thread takes the lead: no hand-off on its way. A
-      // batch means load: the leader keeps polling and the queue is drained by other threads
-      // (waking a new leader for every batch cost more than it saved).
+      // A lone task runs here while an idle thread takes the lead: no hand-off on its way.
       if (admitted.size() == 1 && q.anyAsleep()) {
         mine = std::move(*next++);
         leading = q.leaderTaken = false;
@@ -175,36 +208,93 @@ void ThreadPoolExecutor::poolThreadMain() {
         }
       }
       admitted.clear();
-      // One thread for a queue nobody drains (a thread that runs a task takes the next one
-      // after it), another whenever the oldest task is overdue.
-      const bool undrained = q.working == 0 && q.wakeups == 0 && !mine.task;
-      if (q.frontOverdue(now, undrained ? Duration::zero() : patience)) wakeOne();
-      if (!mine.task && refused.empty()) continue;
-      unlockAndSignal(lock);
-      rejected_.fetch_add(refused.size());
-      for (auto& [task, why] : refused) task->reject(std::move(why));
-      refused.clear();
-      lock.lock();
-      if (mine.task) runOne(lock, std::move(mine));
+      // A queue nobody drains is drained here while a watcher keeps the lead from a task that
+      // blocks (no hand-off for a batch of quick tasks); without a watcher, one thread is woken
+      // for it. Another is woken whenever the oldest task is overdue.
+      const bool drainHere = !mine.task && q.undrained() && q.watching;
+      const bool wakeDrainer = !mine.task && q.undrained() && !q.watching;
+      if (q.frontOverdue(now, wakeDrainer ? Duration::zero() : patience)) wakeOne();
+      if (!refused.empty()) {
+        unlockAndSignal(lock);
+        rejected_.fetch_add(refused.size());
+        for (auto& [task, why] : refused) task->reject(std::move(why));
+        refused.clear();
+        lock.lock();
+      }
+      if (mine.task) {
+        runOne(lock, std::move(mine));
+        continue;
+      }
+      if (!drainHere) continue;
+      // Until another thread drains too (woken for an overdue task) or the watcher leads.
+      while (!q.tasks.empty() && q.watching && !q.watcherWoken) {
+        detail::QueuedTask item = popFront();
+        ++q.leaderTasks;
+        q.leaderRunning = true;
+        if (!q.watcherTimed) {
+          q.watcherTimed = true;  // the watcher's sleep gets its period
+          signalWatcher = true;
+          wakeups_.fetch_add(1, std::memory_order_relaxed);
+        }
+        const uint64_t term = q.leaderTerm;
+        runUnlocked(lock, std::move(item));
+        if (q.leaderTerm != term) {
+          leading = false;  // the watcher leads now; this thread is one of the others
+          break;
+        }
+        q.leaderRunning = false;
+      }
       continue;
     }
     if (!q.tasks.empty()) {
-      detail::QueuedTask item = std::move(q.tasks.front());
-      q.tasks.pop_front();
-      if (!q.tasks.empty() && q.anyAsleep() && Clock::now() - item.queuedAt >= patience) {
-        wakeOne();  // this task waited too long: the queue needs one more thread
-      }
-      runOne(lock, std::move(item));
+      runOne(lock, popFront());
       continue;
     }
     if (q.ended) return;
     ++q.idle;
     idle_.store(q.idle, std::memory_order_relaxed);
-    q.wakeup.wait(lock, [&q] { return q.wakeups > 0 || q.ended; });
-    if (q.wakeups > 0) --q.wakeups;
+    if (!q.watching) {
+      leading = watchLeader(lock);
+    } else {
+      q.wakeup.wait(lock, [&q] { return q.wakeups > 0 || q.ended; });
+      if (q.wakeups > 0) --q.wakeups;
+    }
     --q.idle;
     idle_.store(q.idle, std::memory_order_relaxed);
   }
+}
+
+bool ThreadPoolExecutor::watchLeader(std::unique_lock<std::mutex>& lock) {
+  detail::WorkQueue& q = *queue_;
+  q.watching = true;
+  uint64_t seen = q.leaderTasks;
+  bool timed = q.leaderRunning;
+  bool takesLead = false;
+  const Duration period = watchPeriod();
+  const auto woken = [&q] { return q.watcherWoken || q.ended; };
+  for (;;) {
+    q.watcherTimed = timed;
+    if (timed) {
+      if (q.watch.wait_for(lock, period, woken)) break;
+      if (q.leaderRunning && q.leaderTasks == seen) {
+        // One task has held the leader for a whole period: lead in its place.
+        ++q.leaderTerm;
+        q.leaderRunning = false;
+        takesLead = true;
+        break;
+      }
+    } else {
+      q.watch.wait(lock, [&] { return woken() || q.watcherTimed; });
+      if (woken()) break;
+    }
+    // The sleep keeps its period while the leader runs a task or ran one in the last period.
+    timed = q.leaderRunning || q.leaderTasks != seen;
+    seen = q.leaderTasks;
+  }
+  q.watcherWoken = false;
+  q.watching = false;
+  q.watcherTimed = false;
+  return takesLead;
 }
 
 Status ThreadPoolExecutor::finish(Deadline deadline) {

@@ -1368,21 +1368,25 @@ bool idleWithin(const ThreadPoolExecutor& exec, size_t threads, Duration d = kLo
 
 // A started pool of four task threads (and its leader) that wakes another thread for a task
 // that waited `patience`, once its four other threads sleep.
-std::unique_ptr<ThreadPoolExecutor> startIdlePool(TaskSource& source, Duration patience) {
+std::unique_ptr<ThreadPoolExecutor> startIdlePool(
+    TaskSource& source, Duration patience,
+    Duration takeLeadAfter = ThreadPoolExecutor::Options{}.takeLeadAfter) {
   ThreadPoolExecutor::Options o;
   o.threads = 4;
   o.wakeAnotherAfter = patience;
+  o.takeLeadAfter = takeLeadAfter;
   auto exec = std::make_unique<ThreadPoolExecutor>(o);
   EXPECT_OK(exec->start(source));
   EXPECT_TRUE(idleWithin(*exec, 4));
   return exec;
 }
 
-TEST(ThreadPoolExecutorTest, AQueuedBatchWakesOneThreadWhileItsTasksAreNotOverdue) {
-  // A batch wakes one thread to drain it; more are woken only for a task that waited
-  // wakeAnotherAfter (here: never), not one per task in a chain.
-  ManualTaskSource source;
-  auto pool = startIdlePool(source, std::chrono::hours(1));
+TEST(ThreadPoolExecutorTest, ABatchNobodyDrainsRunsOnItsPollerWhileItsTasksAreNotOverdue) {
+  // The leader drains a queued batch itself, the lead kept: no task is handed over, and the only
+  // thread woken is the watcher, whose sleep gets its deadline (here: one hour). Another thread
+  // is woken only for a task that waited wakeAnotherAfter (here: never).
+  PollerRecordingSource source;
+  auto pool = startIdlePool(source, std::chrono::hours(1), std::chrono::hours(1));
   ThreadPoolExecutor& exec = *pool;
   const uint64_t wakeupsBefore = exec.stats().wakeups;
 
@@ -1406,22 +1410,64 @@ TEST(ThreadPoolExecutorTest, AQueuedBatchWakesOneThreadWhileItsTasksAreNotOverdu
       ran.add();
     });
   }
-  source.pushBatch(std::move(batch));
+  source.inner.pushBatch(std::move(batch));
   auto enteredF = firstEntered.get_future();
   ASSERT_TRUE(readyWithin(enteredF, kLong));
   EXPECT_FALSE(ran.waitFor(1, kShort)) << "another thread was woken for the batch";
-  EXPECT_EQ(exec.stats().wakeups, wakeupsBefore + 1);
+  EXPECT_EQ(exec.stats().wakeups, wakeupsBefore + 1);  // the watcher's sleep got its deadline
   gate.open();
   ASSERT_TRUE(ran.waitFor(kTasks, kLong));
-  EXPECT_EQ(ranOn.size(), 1u);  // one thread drained the whole batch
+  EXPECT_EQ(ranOn, std::set<std::thread::id>{source.lastPoller.load()});
+  exec.stop();
+  ASSERT_OK(exec.wait(deadlineAfter(kLong)));
+}
+
+TEST(ThreadPoolExecutorTest, ALeaderHeldByOneTaskLosesTheLeadToTheWatcher) {
+  // The leader blocks in the first task of a batch it drains; the watcher takes the lead after
+  // takeLeadAfter, so a timer still runs and a task sent later is still polled and run. No task
+  // is overdue (wakeAnotherAfter: one hour), so only the lead's passing lets them through.
+  PollerRecordingSource source;
+  ThreadPoolExecutor::Options o;
+  o.threads = 2;
+  o.wakeAnotherAfter = std::chrono::hours(1);
+  o.takeLeadAfter = std::chrono::milliseconds(1);
+  ThreadPoolExecutor exec(o);
+  ASSERT_OK(exec.start(source));
+  ASSERT_TRUE(idleWithin(exec, 2));
+  Gate gate;
+  std::promise<std::thread::id> blocked;
+  Events ran;
+  std::vector<std::function<void()>> batch;
+  batch.emplace_back([&] {
+    blocked.set_value(std::this_thread::get_id());
+    gate.wait();
+  });
+  batch.emplace_back([&] { ran.add(); });
+  source.inner.pushBatch(std::move(batch));
+  auto blockedF = blocked.get_future();
+  ASSERT_TRUE(readyWithin(blockedF, kLong));
+  const std::thread::id heldLeader = blockedF.get();
+  EXPECT_EQ(heldLeader, source.lastPoller.load());  // the batch ran on its poller
+  std::promise<void> timerRan;
+  ASSERT_OK(exec.runAt(Clock::now(), [&] { timerRan.set_value(); }));
+  auto timerF = timerRan.get_future();
+  EXPECT_TRUE(readyWithin(timerF, kLong)) << "nobody led while the leader ran a task";
+  std::promise<std::thread::id> laterRan;
+  source.inner.push([&] { laterRan.set_value(std::this_thread::get_id()); });
+  auto laterF = laterRan.get_future();
+  ASSERT_TRUE(readyWithin(laterF, kLong)) << "nobody polled while the leader ran a task";
+  EXPECT_NE(laterF.get(), heldLeader);
+  gate.open();
+  EXPECT_TRUE(ran.waitFor(1, kLong));  // the rest of the held batch runs too
   exec.stop();
   ASSERT_OK(exec.wait(deadlineAfter(kLong)));
 }
 
 TEST(ThreadPoolExecutorTest, TasksQueuedBehindABlockedTaskGetAThreadOnceOverdue) {
-  // Four tasks of one batch that can finish only together: the drainer blocks in the first,
-  // and the others run only because the leader's poll ends when the oldest queued task is
-  // overdue and wakes a thread, which wakes the next for the task after it.
+  // Four tasks of one batch that can finish only together: the leader, draining the batch,
+  // blocks in the first; the others run only because the watcher takes the lead, its poll ends
+  // at once since the oldest queued task is overdue, and it wakes a thread, which wakes the next
+  // for the task after it.
   ManualTaskSource source;
   auto pool = startIdlePool(source, std::chrono::milliseconds(1));
   ThreadPoolExecutor& exec = *pool;

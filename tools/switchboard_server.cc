@@ -141,6 +141,8 @@ int main(int argc, char** argv) {
   int drainSeconds = 30;
   auto wakeAnotherAfterUs =
       std::chrono::duration_cast<std::chrono::microseconds>(pool.wakeAnotherAfter).count();
+  auto takeLeadAfterUs =
+      std::chrono::duration_cast<std::chrono::microseconds>(pool.takeLeadAfter).count();
   std::string curveSecretFile;
   std::string allowClientsFile;
   std::string logLevel = "info";
@@ -178,6 +180,11 @@ int main(int argc, char** argv) {
   app.add_option("--wake-another-after-us", wakeAnotherAfterUs,
                  "thread pool: a call queued this long wakes one more idle worker")
       ->check(CLI::Range(0, 1000 * 1000))
+      ->capture_default_str();
+  app.add_option("--take-lead-after-us", takeLeadAfterUs,
+                 "thread pool: a call that holds the polling thread this long (up to twice "
+                 "this) passes polling on to an idle worker")
+      ->check(CLI::Range(10, 1000 * 1000))
       ->capture_default_str();
   app.add_option("--name", name, "server name in the target")->capture_default_str();
   app.add_option("--topic", topic, "topic served")->capture_default_str();
@@ -222,6 +229,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   pool.wakeAnotherAfter = std::chrono::microseconds(wakeAnotherAfterUs);
+  pool.takeLeadAfter = std::chrono::microseconds(takeLeadAfterUs);
 
   auto logger = spdlog::stderr_logger_mt("switchboard-server");
   logger->set_level(spdlog::level::from_str(logLevel));
