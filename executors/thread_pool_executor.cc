@@ -151,13 +151,12 @@ void ThreadPoolExecutor::poolThreadMain() {
     runUnlocked(lock, std::move(item));
     --q.working;
   };
-  // Pops the oldest task; one that waited `patience` wakes another thread for those behind it.
-  const auto popFront = [&] {
+  // Pops the oldest task; one that waited `patience` by `now` wakes another thread for those
+  // behind it.
+  const auto popFront = [&](Deadline now) {
     detail::QueuedTask item = std::move(q.tasks.front());
     q.tasks.pop_front();
-    if (!q.tasks.empty() && q.anyAsleep() && Clock::now() - item.queuedAt >= patience) {
-      wakeOne();
-    }
+    if (!q.tasks.empty() && q.anyAsleep() && now - item.queuedAt >= patience) wakeOne();
     return item;
   };
   bool leading = false;
@@ -165,9 +164,14 @@ void ThreadPoolExecutor::poolThreadMain() {
   for (;;) {
     if (!leading && !q.leaderTaken && !q.ended) leading = q.leaderTaken = true;
     if (leading) {
-      // With tasks queued and a thread asleep, the poll ends when the oldest is overdue.
-      const Deadline pollUntil =
-          !q.tasks.empty() && q.anyAsleep() ? q.tasks.front().queuedAt + patience : kNoDeadline;
+      // With tasks queued that only this thread drains, the poll only looks (they run next);
+      // with tasks queued and a thread asleep, it ends when the oldest is overdue.
+      Deadline pollUntil = kNoDeadline;
+      if (!q.tasks.empty() && q.undrained() && q.watching) {
+        pollUntil = Deadline{};
+      } else if (!q.tasks.empty() && q.anyAsleep()) {
+        pollUntil = q.tasks.front().queuedAt + patience;
+      }
       unlockAndSignal(lock);
       if (!loop_.turn(collect, pollUntil)) {
         lock.lock();
@@ -226,9 +230,13 @@ void ThreadPoolExecutor::poolThreadMain() {
         continue;
       }
       if (!drainHere) continue;
-      // Until another thread drains too (woken for an overdue task) or the watcher leads.
+      // While a watcher watches, and for one watch period at most, so that a long queue does
+      // not keep new messages unread: then it polls (only looks) and drains again.
+      const Deadline pollAgainAt = now + watchPeriod();
       while (!q.tasks.empty() && q.watching && !q.watcherWoken) {
-        detail::QueuedTask item = popFront();
+        const Deadline taskAt = Clock::now();
+        if (taskAt >= pollAgainAt) break;
+        detail::QueuedTask item = popFront(taskAt);
         ++q.leaderTasks;
         q.leaderRunning = true;
         if (!q.watcherTimed) {
@@ -247,7 +255,7 @@ void ThreadPoolExecutor::poolThreadMain() {
       continue;
     }
     if (!q.tasks.empty()) {
-      runOne(lock, popFront());
+      runOne(lock, popFront(Clock::now()));
       continue;
     }
     if (q.ended) return;

@@ -1463,6 +1463,45 @@ TEST(ThreadPoolExecutorTest, ALeaderHeldByOneTaskLosesTheLeadToTheWatcher) {
   ASSERT_OK(exec.wait(deadlineAfter(kLong)));
 }
 
+TEST(ThreadPoolExecutorTest, ALeaderDrainingALongBatchStillPollsEveryWatchPeriod) {
+  // 1000 tasks of 10 us each (within the queue's capacity), all drained by the leader (no task
+  // is overdue, and the watcher sees progress): the leader still takes a turn of the loop every
+  // takeLeadAfter, so a timer due at once runs before the batch is done. Without that bound it
+  // runs after the last task.
+  PollerRecordingSource source;
+  ThreadPoolExecutor::Options o;
+  o.threads = 1;
+  o.wakeAnotherAfter = std::chrono::hours(1);
+  o.takeLeadAfter = std::chrono::milliseconds(1);
+  ThreadPoolExecutor exec(o);
+  ASSERT_OK(exec.start(source));
+  ASSERT_TRUE(idleWithin(exec, 1));
+  constexpr int kTasks = 1000;
+  std::atomic<int> ran{0};
+  std::promise<void> started;
+  std::vector<std::function<void()>> batch;
+  for (int i = 0; i < kTasks; ++i) {
+    batch.emplace_back([&, i] {
+      if (i == 0) started.set_value();
+      const Deadline busyUntil = deadlineAfter(std::chrono::microseconds(10));
+      while (Clock::now() < busyUntil) {
+      }
+      ran.fetch_add(1);
+    });
+  }
+  source.inner.pushBatch(std::move(batch));
+  auto startedF = started.get_future();
+  ASSERT_TRUE(readyWithin(startedF, kLong));
+  std::promise<int> ranAtTimer;
+  ASSERT_OK(exec.runAt(Clock::now(), [&] { ranAtTimer.set_value(ran.load()); }));
+  auto timerF = ranAtTimer.get_future();
+  ASSERT_TRUE(readyWithin(timerF, kLong));
+  EXPECT_LT(timerF.get(), kTasks) << "the leader ran the whole batch before its next turn";
+  exec.stop();
+  ASSERT_OK(exec.wait(deadlineAfter(kLong)));
+  EXPECT_EQ(ran.load(), kTasks);
+}
+
 TEST(ThreadPoolExecutorTest, TasksQueuedBehindABlockedTaskGetAThreadOnceOverdue) {
   // Four tasks of one batch that can finish only together: the leader, draining the batch,
   // blocks in the first; the others run only because the watcher takes the lead, its poll ends
