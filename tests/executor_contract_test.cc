@@ -1366,18 +1366,18 @@ bool idleWithin(const ThreadPoolExecutor& exec, size_t threads, Duration d = kLo
   return true;
 }
 
-// A started pool of four task threads (and its leader) that wakes another thread for a task
-// that waited `patience`, once its four other threads sleep.
+// A started pool of `threads` task threads (and its leader) that wakes another thread for a
+// task that waited `patience`, once its other threads sleep.
 std::unique_ptr<ThreadPoolExecutor> startIdlePool(
     TaskSource& source, Duration patience,
-    Duration takeLeadAfter = ThreadPoolExecutor::Options{}.takeLeadAfter) {
+    Duration takeLeadAfter = ThreadPoolExecutor::Options{}.takeLeadAfter, size_t threads = 4) {
   ThreadPoolExecutor::Options o;
-  o.threads = 4;
+  o.threads = threads;
   o.wakeAnotherAfter = patience;
   o.takeLeadAfter = takeLeadAfter;
   auto exec = std::make_unique<ThreadPoolExecutor>(o);
   EXPECT_OK(exec->start(source));
-  EXPECT_TRUE(idleWithin(*exec, 4));
+  EXPECT_TRUE(idleWithin(*exec, threads));
   return exec;
 }
 
@@ -1427,13 +1427,8 @@ TEST(ThreadPoolExecutorTest, ALeaderHeldByOneTaskLosesTheLeadToTheWatcher) {
   // takeLeadAfter, so a timer still runs and a task sent later is still polled and run. No task
   // is overdue (wakeAnotherAfter: one hour), so only the lead's passing lets them through.
   PollerRecordingSource source;
-  ThreadPoolExecutor::Options o;
-  o.threads = 2;
-  o.wakeAnotherAfter = std::chrono::hours(1);
-  o.takeLeadAfter = std::chrono::milliseconds(1);
-  ThreadPoolExecutor exec(o);
-  ASSERT_OK(exec.start(source));
-  ASSERT_TRUE(idleWithin(exec, 2));
+  auto pool = startIdlePool(source, std::chrono::hours(1), std::chrono::milliseconds(1), 2);
+  ThreadPoolExecutor& exec = *pool;
   Gate gate;
   std::promise<std::thread::id> blocked;
   Events ran;
@@ -1469,13 +1464,8 @@ TEST(ThreadPoolExecutorTest, ALeaderDrainingALongBatchStillPollsEveryWatchPeriod
   // takeLeadAfter, so a timer due at once runs before the batch is done. Without that bound it
   // runs after the last task.
   PollerRecordingSource source;
-  ThreadPoolExecutor::Options o;
-  o.threads = 1;
-  o.wakeAnotherAfter = std::chrono::hours(1);
-  o.takeLeadAfter = std::chrono::milliseconds(1);
-  ThreadPoolExecutor exec(o);
-  ASSERT_OK(exec.start(source));
-  ASSERT_TRUE(idleWithin(exec, 1));
+  auto pool = startIdlePool(source, std::chrono::hours(1), std::chrono::milliseconds(1), 1);
+  ThreadPoolExecutor& exec = *pool;
   constexpr int kTasks = 1000;
   std::atomic<int> ran{0};
   std::promise<void> started;
