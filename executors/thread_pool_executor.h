@@ -28,9 +28,10 @@ struct WorkQueue;
 // it). A batch of several tasks goes to a bounded queue. When no other thread drains the queue,
 // the leader drains it itself and then polls again, keeping the lead: a batch of quick tasks
 // costs no hand-off and no wake-up. One idle thread, the watcher, sleeps with a deadline
-// meanwhile and takes the lead from a leader one task has held for `takeLeadAfter`, so polling
-// stops for at most about that long: cancels are read and excess calls answered kOverloaded
-// while handlers run. When no thread watches, one idle thread is woken to drain the queue
+// meanwhile and takes the lead from a leader one task has held for `takeLeadAfter` (up to twice
+// that); a drain also ends after that long for a turn of the loop. So polling stops for at most
+// about twice `takeLeadAfter`: cancels are read and excess calls answered kOverloaded while
+// handlers run. When no thread watches, one idle thread is woken to drain the queue
 // instead, and when no thread is idle the leader queues every task and keeps polling.
 // Queued tasks wake as few threads as keep up with them (a sojourn-time rule, after CoDel):
 // another thread only once a task has waited `wakeAnotherAfter` in the queue. The leader's poll
