@@ -47,6 +47,8 @@ struct WorkQueue {
   }
   // No thread but the leader runs queued tasks or is about to.
   bool undrained() const { return working == 0 && wakeups == 0 && !watcherWoken; }
+  // The leader drains the queue itself: nobody else does, and a watcher guards it.
+  bool leaderDrains() const { return undrained() && watching; }
 };
 }  // namespace detail
 
@@ -167,7 +169,7 @@ void ThreadPoolExecutor::poolThreadMain() {
       // With tasks queued that only this thread drains, the poll only looks (they run next);
       // with tasks queued and a thread asleep, it ends when the oldest is overdue.
       Deadline pollUntil = kNoDeadline;
-      if (!q.tasks.empty() && q.undrained() && q.watching) {
+      if (!q.tasks.empty() && q.leaderDrains()) {
         pollUntil = Deadline{};
       } else if (!q.tasks.empty() && q.anyAsleep()) {
         pollUntil = q.tasks.front().queuedAt + patience;
@@ -215,8 +217,8 @@ void ThreadPoolExecutor::poolThreadMain() {
       // A queue nobody drains is drained here while a watcher keeps the lead from a task that
       // blocks (no hand-off for a batch of quick tasks); without a watcher, one thread is woken
       // for it. Another is woken whenever the oldest task is overdue.
-      const bool drainHere = !mine.task && q.undrained() && q.watching;
-      const bool wakeDrainer = !mine.task && q.undrained() && !q.watching;
+      const bool drainHere = !mine.task && q.leaderDrains();
+      const bool wakeDrainer = !mine.task && q.undrained() && !drainHere;
       if (q.frontOverdue(now, wakeDrainer ? Duration::zero() : patience)) wakeOne();
       if (!refused.empty()) {
         unlockAndSignal(lock);
