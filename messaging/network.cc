@@ -482,8 +482,9 @@ void NetworkCore::connectionDownLocked(int s, const std::string& why, bool dismi
   std::sort(replay.begin(), replay.end());
   for (auto it = replay.rbegin(); it != replay.rend(); ++it) resendLocked(it->second);
 
+  wakeReceiversLocked(connection);  // they leave the channel to the replays and the failures
   // The channel is destroyed on the timer thread (this may be its own transport thread), or by
-  // stop() if that comes first.
+  // stop() if that comes first (or by a caller that receives on it, the last to let go).
   if (std::shared_ptr<ClientChannel> channel = std::move(server.channel)) {
     unreleased_.push_back(channel);
     const uint64_t key = nextTimerKey_++;
@@ -769,36 +770,68 @@ void NetworkCore::dispatchWaitingLocked(Effects& fx) {
   }
 }
 
+int NetworkCore::callLocked(OutgoingCall outgoing, RawOutcome done, Effects& fx) {
+  if (stopped_) {
+    fx.outcomes.emplace_back(std::move(done),
+                             Status(StatusCode::kShuttingDown, "the client is closed"));
+    return -1;
+  }
+  const uint32_t id = allocateIdLocked();
+  const Deadline current = now();  // one clock read for the deadline, latency and budget
+  Pending call{.done = std::move(done),
+               .to = std::move(outgoing.to),
+               .request = std::move(outgoing.request),
+               .deadline = deadlineAfter(current, outgoing.timeout),
+               .monitor = outgoing.monitor,
+               .idempotent = outgoing.idempotent,
+               .sequence = nextSequence_++,
+               .started = current};
+  Pending& stored = pending_.emplace(id, std::move(call)).first->second;
+  setExpiryLocked(id, stored);
+  armExpiryLocked();
+  const int s = selectLocked();
+  if (s < 0) {
+    waiting_.push_back(id);
+    return -1;
+  }
+  sendLocked(id, stored, s, current, fx);
+  return pending_.contains(id) ? s : -1;  // a failed send ended it
+}
+
 void NetworkCore::call(OutgoingCall outgoing, RawOutcome done) {
   Effects fx;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (stopped_) {
-      fx.outcomes.emplace_back(std::move(done),
-                               Status(StatusCode::kShuttingDown, "the client is closed"));
-    } else {
-      const uint32_t id = allocateIdLocked();
-      const Deadline current = now();  // one clock read for the deadline, latency and budget
-      Pending call{.done = std::move(done),
-                   .to = std::move(outgoing.to),
-                   .request = std::move(outgoing.request),
-                   .deadline = deadlineAfter(current, outgoing.timeout),
-                   .monitor = outgoing.monitor,
-                   .idempotent = outgoing.idempotent,
-                   .sequence = nextSequence_++,
-                   .started = current};
-      Pending& stored = pending_.emplace(id, std::move(call)).first->second;
-      setExpiryLocked(id, stored);
-      armExpiryLocked();
-      const int s = selectLocked();
-      if (s >= 0) {
-        sendLocked(id, stored, s, current, fx);
-      } else {
-        waiting_.push_back(id);
-      }
+    callLocked(std::move(outgoing), std::move(done), fx);
+  }
+  finish(fx);
+}
+
+void NetworkCore::callAndReceive(OutgoingCall outgoing, RawOutcome done, ReceiveWaker& waker,
+                                 Deadline giveUp) {
+  Effects fx;
+  std::shared_ptr<ClientChannel> channel;  // where the call went
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const int s = callLocked(std::move(outgoing), std::move(done), fx);
+    if (s >= 0) {
+      channel = servers_[s].channel;
+      receivers_.push_back({servers_[s].connection, &waker});
     }
   }
   finish(fx);
+  if (!channel) return;
+  channel->receiveUntil(waker, giveUp);
+  channel.reset();  // before it leaves: stop() then holds the last handle
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::erase_if(receivers_, [&](const Receiver& r) { return r.waker == &waker; });
+  if (receivers_.empty()) receiversLeft_.notify_all();
+}
+
+void NetworkCore::wakeReceiversLocked(uint64_t connection) {
+  for (const Receiver& r : receivers_) {
+    if (connection == 0 || r.connection == connection) r.waker->wake();
+  }
 }
 
 Status NetworkCore::cast(const Address& to, const NotificationMessage& cast, Duration timeout) {
@@ -1133,6 +1166,7 @@ void NetworkCore::stop(bool destroying) {
       pings_.clear();
       events_.clear();
       main_ = -1;
+      wakeReceiversLocked(0);
       for (Server& server : servers_) {
         if (server.channel) unreleased_.push_back(std::move(server.channel));
         server.state = ConnectionState::kDisconnected;
@@ -1152,6 +1186,12 @@ void NetworkCore::stop(bool destroying) {
   }
   finish(fx);
   if (!release) return;
+  if (!inCallback) {
+    // The callers receiving on the channels leave once the replies they are handing over are
+    // handled; then this holds the channels' last handles.
+    std::unique_lock<std::mutex> lock(mutex_);
+    receiversLeft_.wait(lock, [&] { return receivers_.empty(); });
+  }
   for (const auto& slot : slots) releaseSlot(*slot);
   if (inCallback) {
     // The last handle went away in one of our callbacks (this thread may be a channel's own).

@@ -73,6 +73,10 @@ class ClientCore {
   // Ends `timeout` after the network took it.
   void call(const Target& target, std::string_view method, Array params,
             const RpcClient::Options& options, Duration timeout, RpcClient::Callback done);
+  // call(), then receives on the calling thread where it can: NetworkCore::callAndReceive().
+  void callAndReceive(const Target& target, std::string_view method, Array params,
+                      const RpcClient::Options& options, RpcClient::Callback done,
+                      ReceiveWaker& waker, Deadline giveUp);
   Status cast(const Target& target, std::string_view method, Array params, const Context& context,
               Duration timeout);
   Network::Stats stats() const { return network_->stats(); }
@@ -80,6 +84,8 @@ class ClientCore {
 
  private:
   Extension extensionFor(const Target& target, const Context& context) const;
+  OutgoingCall outgoing(const Target& target, std::string_view method, Array params,
+                        const RpcClient::Options& options, Duration timeout) const;
 
   const std::shared_ptr<NetworkCore> network_;
   const Serializer* const serializer_;
@@ -95,9 +101,8 @@ Extension ClientCore::extensionFor(const Target& target, const Context& context)
   return ext;
 }
 
-void ClientCore::call(const Target& target, std::string_view method, Array params,
-                      const RpcClient::Options& options, Duration timeout,
-                      RpcClient::Callback done) {
+OutgoingCall ClientCore::outgoing(const Target& target, std::string_view method, Array params,
+                                  const RpcClient::Options& options, Duration timeout) const {
   OutgoingCall call;
   call.to = target.address();
   call.request.method = std::string(method);
@@ -112,7 +117,21 @@ void ClientCore::call(const Target& target, std::string_view method, Array param
   call.timeout = timeout;
   call.monitor = options.callMonitorTimeout;
   call.idempotent = options.idempotent;
-  network_->call(std::move(call), RawOutcome{outcomes_, std::move(done)});
+  return call;
+}
+
+void ClientCore::call(const Target& target, std::string_view method, Array params,
+                      const RpcClient::Options& options, Duration timeout,
+                      RpcClient::Callback done) {
+  network_->call(outgoing(target, method, std::move(params), options, timeout),
+                 RawOutcome{outcomes_, std::move(done)});
+}
+
+void ClientCore::callAndReceive(const Target& target, std::string_view method, Array params,
+                                const RpcClient::Options& options, RpcClient::Callback done,
+                                ReceiveWaker& waker, Deadline giveUp) {
+  network_->callAndReceive(outgoing(target, method, std::move(params), options, options.timeout),
+                           RawOutcome{outcomes_, std::move(done)}, waker, giveUp);
 }
 
 Status ClientCore::cast(const Target& target, std::string_view method, Array params,
@@ -196,22 +215,57 @@ boost::future<Result<Value>> RpcClient::callAsync(std::string_view method, Array
   return future;
 }
 
+namespace {
+
+// The waker of this thread's callValue() that receives on its channel; null while one is in use
+// (a callValue() made from an outcome callback that runs inside it waits without receiving).
+class CallerWaker {
+ public:
+  static CallerWaker* acquire() {
+    thread_local CallerWaker mine;
+    if (mine.inUse_ || !mine.waker_.valid()) return nullptr;
+    mine.inUse_ = true;
+    mine.waker_.rearm();
+    return &mine;
+  }
+  ReceiveWaker& waker() { return waker_; }
+  void release() { inUse_ = false; }
+
+ private:
+  ReceiveWaker waker_;
+  bool inUse_ = false;
+};
+
+}  // namespace
+
 Result<Value> RpcClient::callValue(std::string_view method, Array params) const {
   struct Waiter {
     std::mutex mutex;
     std::condition_variable done;
     std::optional<Result<Value>> outcome;
+    ReceiveWaker* receiving = nullptr;  // guarded by mutex: woken with the outcome
   };
   auto waiter = std::make_shared<Waiter>();
   if (Status s = checkCall(true); !s) return s;
   // The network's clock gives the call's deadline; this thread waits on the steady clock.
   const Deadline giveUp = deadlineAfter(options_.timeout + std::chrono::seconds(1));
-  core_->call(target_, method, std::move(params), options_, options_.timeout,
-              [waiter](Result<Value> outcome) {
-                std::lock_guard<std::mutex> lock(waiter->mutex);
-                waiter->outcome.emplace(std::move(outcome));
-                waiter->done.notify_all();
-              });
+  auto done = [waiter](Result<Value> outcome) {
+    std::lock_guard<std::mutex> lock(waiter->mutex);
+    waiter->outcome.emplace(std::move(outcome));
+    waiter->done.notify_all();
+    if (waiter->receiving) waiter->receiving->wake();
+  };
+  if (CallerWaker* caller = CallerWaker::acquire()) {
+    waiter->receiving = &caller->waker();
+    core_->callAndReceive(target_, method, std::move(params), options_, std::move(done),
+                          caller->waker(), giveUp);
+    std::lock_guard<std::mutex> lock(waiter->mutex);
+    waiter->receiving = nullptr;  // no outcome wakes it once another call may use it
+    caller->release();
+  } else {
+    core_->call(target_, method, std::move(params), options_, options_.timeout,
+                std::move(done));
+  }
   std::unique_lock<std::mutex> lock(waiter->mutex);
   // The timer thread answers at the deadline; the grace only guards against a stalled timer.
   if (!waiter->done.wait_until(lock, giveUp,

@@ -2,12 +2,14 @@
 // Implementations: InMemoryTransport (in-process), ZeroMQ (later); tests add mocks and decorators.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <functional>
 #include <memory>
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -90,6 +92,32 @@ enum class LinkEvent {
 // Runs on a transport thread, under the same rules as a ReplyCallback; `detail` says why.
 using LinkCallback = std::function<void(LinkEvent event, std::string_view detail)>;
 
+// Ends a ClientChannel::receiveUntil() that its owner's thread runs: wake() from any thread,
+// that one included, any number of times. Reusable: the owner rearm()s it before each receive.
+class ReceiveWaker {
+ public:
+  // valid() is false when the system had no descriptor left: a receive cannot use it.
+  ReceiveWaker();
+  ~ReceiveWaker();
+  ReceiveWaker(const ReceiveWaker&) = delete;
+  ReceiveWaker& operator=(const ReceiveWaker&) = delete;
+
+  bool valid() const { return fd_ >= 0; }
+  // The owner, while no receive uses it: not woken, and its thread is the one that receives.
+  void rearm();
+  // Thread-safe. From another thread than the owner's, also makes fd() readable.
+  void wake();
+  bool woken() const { return woken_.load(std::memory_order_acquire); }
+  // Readable once woken from another thread: what a receive sleeps on besides its socket.
+  int fd() const { return fd_; }
+
+ private:
+  const int fd_;
+  std::thread::id owner_;  // set by rearm(), read by wake()
+  std::atomic<bool> woken_{false};
+  std::atomic<bool> signalled_{false};  // fd_ was written since the last rearm()
+};
+
 // The client side of a transport: sends to addresses; replies come back to its callback.
 // Thread-safe. After the destructor returns no callback runs and none is running.
 class ClientChannel {
@@ -102,6 +130,20 @@ class ClientChannel {
   // Queues `bytes` for `to`, waiting no later than `deadline` for room. Delivery is not
   // confirmed: a caller that needs an answer waits for a reply itself (RpcClient does).
   virtual Status send(const Address& to, std::string bytes, Deadline deadline) = 0;
+
+  // Lends the calling thread to the channel: it receives the channel's replies itself and hands
+  // them to the ReplyCallback, on this thread, until `waker` is woken or `deadline` passes. A
+  // caller waiting for its own reply is then woken by the reply, not by the thread that
+  // received it. Meanwhile the transport's own thread does not wait for replies (it still
+  // receives when other work wakes it), and while the callback runs it waits for them again,
+  // so a callback that waits for another reply is served. One thread at a time: false at once,
+  // having received nothing, when another one receives this way, the channel is closing, or
+  // the transport has no such mode (the default). The channel must outlive the call.
+  virtual bool receiveUntil(ReceiveWaker& waker, Deadline deadline) {
+    (void)waker;
+    (void)deadline;
+    return false;
+  }
 };
 
 // What a notification listener receives: everything published to any of `topics` (exact names,

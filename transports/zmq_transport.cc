@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
@@ -625,7 +626,9 @@ std::string uniqueMonitorEndpoint() {
 // by the channel's I/O thread, in turn under socketMutex_; with an `onLink` callback also a PAIR
 // socket, the I/O thread's alone, that receives the DEALER's monitor events. What callers queue
 // has a mutex of its own (mutex_), held briefly: a caller never waits while the I/O thread
-// sends and receives a batch.
+// sends and receives a batch. A caller that waits for its reply may receive in the I/O thread's
+// stead (receiveUntil()): the I/O thread then stops waiting on the DEALER (epoll_ stops
+// reporting it), so that the reply wakes the caller alone.
 class ZmqChannel final : public ClientChannel {
  public:
   ZmqChannel(std::shared_ptr<ZmqShared> shared, ReplyCallback onReply, LinkCallback onLink)
@@ -648,10 +651,18 @@ class ZmqChannel final : public ClientChannel {
       }
       if (onLink_) startMonitor();  // before connect, so that no event is missed
       dealer_.connect(shared_->url_);
+      dealerFd_ = dealer_.get(zmq::sockopt::fd);
     } catch (const zmq::error_t& e) {
       closeSockets();
       return Status(StatusCode::kTransportError,
                     "cannot connect to " + shared_->url_ + ": " + e.what());
+    }
+    if (!epoll_.valid() || !epoll_.add(dealerFd_) || !epoll_.add(waker_.fd()) ||
+        (monitor_ && !epoll_.add(monitorFd_))) {
+      const int error = errno;
+      closeSockets();
+      return Status(StatusCode::kTransportError,
+                    std::string("cannot wait for the channel's sockets: ") + std::strerror(error));
     }
     io_ = std::thread([this] { ioLoop(); });  // the I/O thread receives from here on
     return Status::ok();
@@ -711,22 +722,101 @@ class ZmqChannel final : public ClientChannel {
     return Status::ok();
   }
 
+  // While it receives, replies the I/O thread takes in its turns (woken to send) are still
+  // handed over from there.
+  bool receiveUntil(ReceiveWaker& waker, Deadline deadline) override {
+    if (!onReply_ || !waker.valid() || !takeReceiving()) return false;
+    Frames replies;
+    Views views;
+    for (;;) {
+      bool drained = false;
+      bool failed = false;
+      {
+        std::lock_guard<std::mutex> socketLock(socketMutex_);
+        try {
+          drained = receiveLocked(replies);
+        } catch (const zmq::error_t&) {
+          failed = true;  // left to the I/O thread, which reports what the socket says
+        }
+      }
+      if (!replies.empty()) {
+        releaseReceiving(drained);  // the callback may wait for another reply
+        handOver(replies, views);
+        if (failed || waker.woken() || !takeReceiving()) return true;
+        continue;
+      }
+      if (failed || waker.woken() || Clock::now() >= deadline) {
+        releaseReceiving(drained);
+        return true;
+      }
+      // The receive found nothing, so ZMQ_FD signals the next reply.
+      pollfd fds[2] = {{dealerFd_, POLLIN, 0}, {waker.fd(), POLLIN, 0}};
+      if (!waitReadable(fds, pollTimeoutMs(deadline))) {
+        releaseReceiving(true);  // the I/O thread's poll reports a poll that fails
+        return true;
+      }
+    }
+  }
+
  private:
   struct Outgoing {
     std::string bytes;
     Deadline deadline;
   };
+  using Frames = boost::container::small_vector<zmq::message_t, 4>;  // replies' body frames
+  using Views = boost::container::small_vector<std::string_view, 4>;  // of Frames, for onReply_
   static constexpr size_t kReceiveBatch = 256;  // replies taken per turn of the socket
   static constexpr Duration kBurstGap = std::chrono::microseconds(10);
   static constexpr int kDirectPerBurst = 3;
   static constexpr long kErrorRetryMs = 100;
 
+  // A caller takes the receiving over (receiveUntil()); false while another one has it or the
+  // channel closes.
+  bool takeReceiving() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopping_ || callerReceives_) return false;
+    callerReceives_ = true;
+    epoll_.watch(dealerFd_, false);
+    return true;
+  }
+  // And gives it back to the I/O thread. `drained`: its last receive found nothing, so ZMQ_FD
+  // signals the next reply; otherwise the I/O thread is woken to look.
+  void releaseReceiving(bool drained) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    callerReceives_ = false;
+    epoll_.watch(dealerFd_, true);
+    if (!drained && ioAsleep_ && !woken_) {
+      woken_ = true;
+      waker_.wake();
+    }
+  }
+
+  // Under socketMutex_: appends up to kReceiveBatch replies' body frames; true when a receive
+  // found nothing (ZMQ_FD then signals the next). Throws zmq::error_t.
+  bool receiveLocked(Frames& replies) {
+    zmq::message_t frame;
+    while (replies.size() < kReceiveBatch) {
+      if (!dealer_.recv(frame, zmq::recv_flags::dontwait)) return true;
+      while (frame.more()) (void)dealer_.recv(frame);  // the body is the last frame
+      replies.push_back(std::move(frame));
+    }
+    return false;
+  }
+
+  // Lends the replies' frames to onReply_, then lets go of them.
+  void handOver(Frames& replies, Views& views) {
+    for (const zmq::message_t& reply : replies) views.push_back(reply.to_string_view());
+    onReply_(std::span<const std::string_view>(views.data(), views.size()));
+    views.clear();
+    replies.clear();
+  }
+
   // Under socketMutex_, takes what callers queued, sends what waits and takes what arrived;
-  // without it, lends the replies' frames to onReply_ and sleeps on the dealer's ZMQ_FD, the
-  // waker and the monitor.
+  // without it, lends the replies' frames to onReply_ and sleeps on epoll_: the dealer's ZMQ_FD
+  // (unless a caller receives), the waker and the monitor.
   void ioLoop() {
-    std::vector<zmq::message_t> replies;  // the body frames taken in one turn
-    std::vector<std::string_view> views;  // of replies, for onReply_
+    Frames replies;  // taken in one turn
+    Views views;
     uint64_t pollErrors = 0;
     try {
       if (monitor_) receiveLinkEvents();  // from here on monitorFd_ signals every new event
@@ -735,7 +825,7 @@ class ZmqChannel final : public ClientChannel {
     }
     for (;;) {
       Deadline next = kNoDeadline;
-      int socketFd = -1;
+      bool socketFailed = true;  // until the turn ends without an exception
       bool lookAgain = false;
       size_t doneBytes = 0;  // of held_'s messages sent or expired this turn
       try {
@@ -775,16 +865,8 @@ class ZmqChannel final : public ClientChannel {
           held_.pop_front();
         }
         for (const Outgoing& o : held_) next = std::min(next, o.deadline);
-        zmq::message_t frame;
-        bool drained = false;  // a receive found nothing, after every send of this turn
-        while (replies.size() < kReceiveBatch) {
-          if (!dealer_.recv(frame, zmq::recv_flags::dontwait)) {
-            drained = true;
-            break;
-          }
-          while (frame.more()) (void)dealer_.recv(frame);  // the body is the last frame
-          replies.push_back(std::move(frame));
-        }
+        // Whether a receive found nothing, after every send of this turn.
+        const bool drained = receiveLocked(replies);
         // The receive (or this read) may have taken the command that made room for what still
         // waits (a send takes commands at most once a millisecond): then look again. A drained
         // socket with nothing waiting needs no read of ZMQ_EVENTS (a poll() in libzmq): its
@@ -794,7 +876,7 @@ class ZmqChannel final : public ClientChannel {
           lookAgain =
               (events & ZMQ_POLLIN) != 0 || (!held_.empty() && (events & ZMQ_POLLOUT) != 0);
         }
-        socketFd = dealer_.get(zmq::sockopt::fd);
+        socketFailed = false;
         std::lock_guard<std::mutex> lock(mutex_);
         pendingBytes_ -= std::exchange(doneBytes, 0);
         backlogged_ = !held_.empty();
@@ -813,19 +895,21 @@ class ZmqChannel final : public ClientChannel {
         if (e.num() != EINTR) shared_->options_.log(LogLevel::kError, "zmq", e.what());
       }
       const bool received = !replies.empty();
-      if (onReply_ && received) {
-        for (const zmq::message_t& reply : replies) views.push_back(reply.to_string_view());
-        onReply_(views);
-      }
-      views.clear();
+      if (onReply_ && received) handOver(replies, views);
       replies.clear();  // no frame is held while the thread sleeps
       if (lookAgain || received) continue;  // look again before sleeping
-      // After a socket error (socketFd -1, which poll ignores) it looks again in a while.
-      const long timeout = socketFd < 0 ? kErrorRetryMs : pollTimeoutMs(next);
-      pollfd fds[3] = {
-          {socketFd, POLLIN, 0}, {waker_.fd(), POLLIN, 0}, {monitorFd_, POLLIN, 0}};
-      if (!waitReadable(std::span(fds, monitor_ ? 3 : 2), timeout)) {
-        // poll() fails at once when it fails for good: log with back-off, retry in a while.
+      if (socketFailed) {  // it looks again in a while, not as soon as the socket signals
+        pollfd wake = {waker_.fd(), POLLIN, 0};
+        if (waitReadable(std::span(&wake, 1), kErrorRetryMs) && wake.revents != 0) {
+          waker_.drain();
+        }
+        continue;
+      }
+      epoll_event ready[3];
+      const int readyCount = epoll_.wait(ready, pollTimeoutMs(next));
+      if (readyCount < 0) {
+        // epoll_wait() fails at once when it fails for good: log with back-off, retry in a
+        // while.
         if (isLoggedOccurrence(++pollErrors)) {
           shared_->options_.log(LogLevel::kError, "zmq",
                                 std::string("channel poll: ") + std::strerror(errno),
@@ -834,9 +918,13 @@ class ZmqChannel final : public ClientChannel {
         std::this_thread::sleep_for(std::chrono::milliseconds(kErrorRetryMs));
         continue;
       }
-      if (fds[1].revents != 0) waker_.drain();
+      const auto fired = [&](int fd) {
+        return std::any_of(ready, ready + readyCount,
+                           [fd](const epoll_event& e) { return e.data.fd == fd; });
+      };
+      if (fired(waker_.fd())) waker_.drain();
       try {
-        if (monitor_ && fds[2].revents != 0) receiveLinkEvents();
+        if (monitor_ && fired(monitorFd_)) receiveLinkEvents();
       } catch (const zmq::error_t& e) {
         if (e.num() != EINTR && e.num() != ETERM) {
           shared_->options_.log(LogLevel::kError, "zmq", e.what());
@@ -954,6 +1042,9 @@ class ZmqChannel final : public ClientChannel {
   const LinkCallback onLink_;
   std::mutex socketMutex_;  // taken before mutex_ when both are held
   zmq::socket_t dealer_;    // guarded by socketMutex_ once connect() started the I/O thread
+  int dealerFd_ = -1;       // dealer_'s ZMQ_FD
+  // What the I/O thread sleeps on; the dealer's reports are turned off while a caller receives
+  EpollSet epoll_;
   zmq::socket_t monitor_;   // the I/O thread's; empty without onLink_
   // monitor_'s ZMQ_FD, which the I/O thread sleeps on; receiveLinkEvents() reads until nothing
   // is left, after which the descriptor signals the next event
@@ -972,6 +1063,7 @@ class ZmqChannel final : public ClientChannel {
   // about to); only then may a caller's send hide a readable reply from it
   bool ioAsleep_ = false;
   bool woken_ = false;  // guarded by mutex_: the waker was written since ioAsleep_ was set
+  bool callerReceives_ = false;  // guarded by mutex_: a receiveUntil() has the dealer
   // guarded by mutex_: the last send on a calling thread that found the I/O thread asleep, and
   // how many such sends its burst holds so far
   Deadline lastDirectSend_{};

@@ -84,6 +84,11 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
   Deadline now() const { return timers_->now(); }
   // `done` gets exactly one outcome, on a network thread or the caller's.
   void call(OutgoingCall call, RawOutcome done);
+  // call(), then the calling thread receives the replies of the channel the call went out on
+  // (ClientChannel::receiveUntil()) until `waker` is woken (`done` does it), the connection goes
+  // down, the network stops or `giveUp` passes. Returns at once where the call was not sent or
+  // the transport cannot lend the channel; the caller then waits for `done` as after call().
+  void callAndReceive(OutgoingCall call, RawOutcome done, ReceiveWaker& waker, Deadline giveUp);
   // To the selected server; with to.fanout to every connected one. Dropped (and counted by the
   // transport) if it could not be handed to the socket within `timeout`.
   Status cast(const Address& to, const NotificationMessage& cast, Duration timeout);
@@ -157,6 +162,11 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
   void emitLocked(NetworkEvent::Kind kind, const std::string& server, std::string detail);
   TimerId scheduleLocked(Deadline at, std::function<void(Effects&)> task);
 
+  // Takes a call: sends it or queues it until a server can take it. Returns the server it went
+  // to while it is unanswered, else -1.
+  int callLocked(OutgoingCall call, RawOutcome done, Effects& fx);
+  // Wakes the callers receiving on `connection` (0: on any).
+  void wakeReceiversLocked(uint64_t connection);
   uint32_t allocateIdLocked();
   void startConnectionLocked(int s, StartReason reason, Effects& fx);
   void sendPingLocked(int s, Effects& fx);
@@ -229,6 +239,13 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
   uint64_t nextTimerKey_ = 1;                      // guarded by mutex_
   std::unordered_map<uint64_t, TimerId> timerIds_;  // guarded by mutex_: scheduled, not run
   std::vector<std::shared_ptr<ClientChannel>> unreleased_;  // guarded by mutex_
+  // Callers receiving on a channel (callAndReceive()), and the connection they receive on
+  struct Receiver {
+    uint64_t connection = 0;
+    ReceiveWaker* waker = nullptr;
+  };
+  std::vector<Receiver> receivers_;        // guarded by mutex_
+  std::condition_variable receiversLeft_;  // receivers_ became empty
   std::vector<std::shared_ptr<EventSlot>> slots_;  // guarded by mutex_
   std::deque<NetworkEvent> events_;                // guarded by mutex_
   bool delivering_ = false;                        // guarded by mutex_

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <poll.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -36,6 +37,44 @@ class Waker {
     [[maybe_unused]] ssize_t n = ::read(fd_, &value, sizeof value);
   }
   int fd() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+// An epoll set of descriptors to wait for until readable, each one registered once; watch()
+// turns a descriptor's reports off and on (never failing: it allocates nothing), and a thread
+// asleep in wait() sees the change at once (turned on while readable, it wakes).
+class EpollSet {
+ public:
+  EpollSet() : fd_(::epoll_create1(EPOLL_CLOEXEC)) {}
+  ~EpollSet() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  EpollSet(const EpollSet&) = delete;
+  EpollSet& operator=(const EpollSet&) = delete;
+  bool valid() const { return fd_ >= 0; }
+  // False when the system refused (errno says why).
+  bool add(int fd) {
+    epoll_event event{};
+    event.events = EPOLLIN;
+    event.data.fd = fd;
+    return ::epoll_ctl(fd_, EPOLL_CTL_ADD, fd, &event) == 0;
+  }
+  // `fd` must have been add()ed.
+  void watch(int fd, bool on) {
+    epoll_event event{};
+    event.events = on ? uint32_t{EPOLLIN} : uint32_t{0};
+    event.data.fd = fd;
+    [[maybe_unused]] int rc = ::epoll_ctl(fd_, EPOLL_CTL_MOD, fd, &event);
+  }
+  // Sleeps until a watched descriptor is readable or `timeoutMs` (-1: none) passed; returns how
+  // many `ready` holds, or -1 on an error other than EINTR (a signal returns 0, like a timeout).
+  int wait(std::span<epoll_event> ready, long timeoutMs) {
+    const int n = ::epoll_wait(fd_, ready.data(), static_cast<int>(ready.size()),
+                               static_cast<int>(timeoutMs));
+    return n >= 0 ? n : (errno == EINTR ? 0 : -1);
+  }
 
  private:
   int fd_;
