@@ -19,6 +19,7 @@
 #include "tests/support/executor_kinds.h"
 #include "tests/support/reply_callbacks.h"
 #include "tests/support/test_util.h"
+#include "transports/in_memory_transport.h"
 #include "transports/transport_factory.h"
 
 namespace switchboard {
@@ -509,6 +510,134 @@ TEST_F(ZmqLinkEventTest, RepliesAfterThePollerReturnedGoOutOnTheReplyingThread) 
   ASSERT_OK(in[1]->reply("after an interrupt"));
   EXPECT_TRUE(received_.waitFor(2, kWait)) << "a reply was left for a poller that returned";
   EXPECT_EQ(server_->stats().repliesSent, 2u);
+}
+
+// A caller that receives on its channel (receiveUntil): a channel to a listener whose requests
+// the test answers itself. A reply "block" stops the thread that hands it over until unblock_
+// opens: a test holds the I/O thread that way and knows who else receives (while it is held,
+// the channel sends nothing: requests go out first).
+class ZmqCallerReceivesTest : public ZmqLinkEventTest {
+ protected:
+  // A channel whose replies are recorded in replies_ with the thread that handed each over;
+  // then onReply_, which a test sets before the replies it handles, runs.
+  std::unique_ptr<ClientChannel> recordingChannel(const std::string& url) {
+    return channel(url, testing::eachReply([this](std::string bytes) {
+      if (bytes == "block") {
+        ioBlocked_.open();
+        EXPECT_TRUE(unblock_.wait(kWait));
+        return;
+      }
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        replies_.emplace_back(bytes, std::this_thread::get_id());
+      }
+      received_.add();
+      if (onReply_) onReply_(bytes);
+    }));
+  }
+  // Sends one request and `others`, and holds the I/O thread in the callback of the answer to
+  // the first; returns the others' requests, for the test to answer.
+  std::vector<IncomingPtr> holdTheIoThreadAfterSending(ClientChannel& channel, size_t others) {
+    std::vector<IncomingPtr> in = takeRequests(*listener_, channel, others + 1);
+    if (in.size() != others + 1) return {};
+    EXPECT_OK(in[0]->reply("block"));
+    EXPECT_TRUE(ioBlocked_.wait(kWait));
+    in.erase(in.begin());
+    return in;
+  }
+  std::thread::id handedOverBy(size_t i) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return replies_.at(i).second;
+  }
+
+  testing::Gate ioBlocked_, unblock_;
+  std::function<void(const std::string&)> onReply_;
+  std::mutex mutex_;
+  std::vector<std::pair<std::string, std::thread::id>> replies_;  // guarded by mutex_
+};
+
+// While the I/O thread is held, the reply to a caller that receives reaches it on its own thread;
+// once it stops, the I/O thread (free again) receives the next reply: the dealer is watched
+// again (else that reply would never be received).
+TEST_F(ZmqCallerReceivesTest, TheCallerHandsItsReplyOverOnItsThreadThenTheIoThreadReceivesAgain) {
+  std::unique_ptr<ClientChannel> channel = recordingChannel(listen());
+  std::vector<IncomingPtr> in = holdTheIoThreadAfterSending(*channel, 1);
+  ASSERT_EQ(in.size(), 1u);
+  ReceiveWaker waker;
+  waker.rearm();
+  onReply_ = [&](const std::string& reply) {
+    if (reply == "for the caller") waker.wake();
+  };
+  ASSERT_OK(in[0]->reply("for the caller"));
+  ASSERT_TRUE(channel->receiveUntil(waker, deadlineAfter(kWait)));
+  EXPECT_TRUE(waker.woken()) << "the deadline ended the receive, not the reply";
+  ASSERT_EQ(received_.count(), 1);
+  EXPECT_EQ(handedOverBy(0), std::this_thread::get_id());
+
+  unblock_.open();
+  in = takeRequests(*listener_, *channel, 1);
+  ASSERT_EQ(in.size(), 1u);
+  ASSERT_OK(in[0]->reply("for the I/O thread"));
+  ASSERT_TRUE(received_.waitFor(2, kWait)) << "nobody received after the caller stopped";
+  EXPECT_NE(handedOverBy(1), std::this_thread::get_id());
+}
+
+// A callback that runs on the receiving caller's thread may wait for another reply: the I/O
+// thread receives it meanwhile, since the caller gives the dealer back while it hands replies
+// over (else the nested reply would never be received).
+TEST_F(ZmqCallerReceivesTest, ACallbackOnTheReceivingThreadThatWaitsForAnotherReplyGetsIt) {
+  std::unique_ptr<ClientChannel> channel = recordingChannel(listen());
+  std::vector<IncomingPtr> in = holdTheIoThreadAfterSending(*channel, 1);
+  ASSERT_EQ(in.size(), 1u);
+  ReceiveWaker waker;
+  waker.rearm();
+  bool nestedArrived = false;
+  onReply_ = [&](const std::string& reply) {
+    if (reply != "outer answer") return;
+    unblock_.open();
+    std::vector<IncomingPtr> nested = takeRequests(*listener_, *channel, 1);
+    ASSERT_EQ(nested.size(), 1u);
+    ASSERT_OK(nested[0]->reply("nested answer"));
+    nestedArrived = received_.waitFor(2, kWait);
+    waker.wake();
+  };
+  ASSERT_OK(in[0]->reply("outer answer"));
+  ASSERT_TRUE(channel->receiveUntil(waker, deadlineAfter(kWait)));
+  EXPECT_TRUE(waker.woken());
+  EXPECT_TRUE(nestedArrived) << "the nested reply was never received";
+  ASSERT_EQ(received_.count(), 2);
+  EXPECT_EQ(handedOverBy(0), std::this_thread::get_id());
+  EXPECT_NE(handedOverBy(1), std::this_thread::get_id());
+}
+
+// A wake from another thread ends a receive that got nothing; so does its deadline; a woken
+// waker ends the next receive at once, until rearmed.
+TEST_F(ZmqCallerReceivesTest, AWakeFromAnotherThreadOrTheDeadlineEndsAReceive) {
+  std::unique_ptr<ClientChannel> channel = recordingChannel(listen());
+  ReceiveWaker waker;
+  waker.rearm();
+  std::thread other([&] { waker.wake(); });
+  const Deadline started = Clock::now();
+  ASSERT_TRUE(channel->receiveUntil(waker, deadlineAfter(kWait)));
+  EXPECT_LT(Clock::now() - started, kWait) << "woken, not timed out";
+  other.join();
+  EXPECT_TRUE(waker.woken());
+  ASSERT_TRUE(channel->receiveUntil(waker, deadlineAfter(kWait)));  // still woken
+  waker.rearm();
+  EXPECT_FALSE(waker.woken());
+  ASSERT_TRUE(channel->receiveUntil(waker, deadlineAfter(20ms)));
+  EXPECT_FALSE(waker.woken());
+  EXPECT_EQ(received_.count(), 0);
+}
+
+// Transports without the mode lend no thread: receiveUntil() is false at once.
+TEST(ReceiveUntilTest, AnInMemoryChannelLendsNoThread) {
+  InMemoryTransport transport;
+  std::unique_ptr<ClientChannel> channel =
+      transport.openChannel([](std::span<const std::string_view>) {}).value();
+  ReceiveWaker waker;
+  waker.rearm();
+  EXPECT_FALSE(channel->receiveUntil(waker, deadlineAfter(kWait)));
 }
 
 // A listener and a channel on one ZmqTransport over inproc, with a high-water mark of 2: a peer
