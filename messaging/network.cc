@@ -830,7 +830,7 @@ void NetworkCore::callAndReceive(OutgoingCall outgoing, RawOutcome done, Receive
 
 void NetworkCore::wakeReceiversLocked(uint64_t connection) {
   for (const Receiver& r : receivers_) {
-    if (connection == 0 || r.connection == connection) r.waker->wake();
+    if (r.connection == connection) r.waker->wake();
   }
 }
 
@@ -1166,7 +1166,6 @@ void NetworkCore::stop(bool destroying) {
       pings_.clear();
       events_.clear();
       main_ = -1;
-      wakeReceiversLocked(0);
       for (Server& server : servers_) {
         if (server.channel) unreleased_.push_back(std::move(server.channel));
         server.state = ConnectionState::kDisconnected;
@@ -1187,8 +1186,8 @@ void NetworkCore::stop(bool destroying) {
   finish(fx);
   if (!release) return;
   if (!inCallback) {
-    // The callers receiving on the channels leave once the replies they are handing over are
-    // handled; then this holds the channels' last handles.
+    // The callers receiving on the channels, woken by their calls' failures above, leave once
+    // the replies they are handing over are handled; then this holds the channels' last handles.
     std::unique_lock<std::mutex> lock(mutex_);
     receiversLeft_.wait(lock, [&] { return receivers_.empty(); });
   }

@@ -263,8 +263,7 @@ Result<Value> RpcClient::callValue(std::string_view method, Array params) const 
     waiter->receiving = nullptr;  // no outcome wakes it once another call may use it
     caller->release();
   } else {
-    core_->call(target_, method, std::move(params), options_, options_.timeout,
-                std::move(done));
+    core_->call(target_, method, std::move(params), options_, options_.timeout, std::move(done));
   }
   std::unique_lock<std::mutex> lock(waiter->mutex);
   // The timer thread answers at the deadline; the grace only guards against a stalled timer.

@@ -178,6 +178,53 @@ TEST_F(NetworkEndToEndTest, StopLeavesNoThreadBehind) {
   EXPECT_EQ(testing::threadsSettledTo(threadsBefore), threadsBefore);
 }
 
+// A caller blocked in a call receives on its channel (RpcClient::callValue): stop() ends its
+// call kShuttingDown and returns once it has left the channel, whose last handle it then holds.
+TEST_F(NetworkEndToEndTest, StopEndsTheCallOfACallerThatReceivesOnItsChannel) {
+  Network network = connectAll(options(SelectionPolicy::kStickyPrimary));
+  RpcClient client = RpcClient::create(network, Target{.topic = "t"}, {.timeout = 10s}).value();
+  std::future<void> held = servers_[0]->held();
+  std::future<Result<Value>> outcome =
+      std::async(std::launch::async, [&] { return client.callValue("hold", {}); });
+  ASSERT_TRUE(testing::readyWithin(held));
+  network.stop();
+  ASSERT_TRUE(testing::readyWithin(outcome, 2s)) << "the receiving caller was not woken";
+  EXPECT_CODE(outcome.get().status(), StatusCode::kShuttingDown);
+  servers_[0]->release();
+}
+
+// A caller receiving on the channel of a main that falls silent leaves it when the main is
+// left, and gets the answer of its call replayed on another server.
+TEST_F(NetworkEndToEndTest, ACallerReceivingOnALeftServerGetsItsReplayedAnswer) {
+  Network network = connectAll(options(SelectionPolicy::kStickyPrimary));
+  ASSERT_EQ(network.status().main, servers_[0]->url());
+  RpcClient client =
+      RpcClient::create(network, Target{.topic = "t"}, {.timeout = 10s, .idempotent = true})
+          .value();
+  std::future<void> heldOnA = servers_[0]->held();
+  std::future<void> heldElsewhere[2] = {servers_[1]->held(), servers_[2]->held()};
+  std::future<Result<Value>> outcome =
+      std::async(std::launch::async, [&] { return client.callValue("hold", {}); });
+  ASSERT_TRUE(testing::readyWithin(heldOnA));
+  // a answers no ping while held: it is left and the call replayed on the next main.
+  bool replayed = false;
+  const Deadline giveUp = deadlineAfter(kDefaultWait);
+  while (!replayed && Clock::now() < giveUp) {
+    for (int i = 0; i < 2 && !replayed; ++i) {
+      if (testing::readyWithin(heldElsewhere[i], 10ms)) {
+        servers_[i + 1]->release();
+        replayed = true;
+      }
+    }
+  }
+  ASSERT_TRUE(replayed) << "the call was not replayed";
+  ASSERT_TRUE(testing::readyWithin(outcome));
+  EXPECT_EQ(outcome.get().value(), Value(true));
+  EXPECT_GE(network.stats().replayed, 1u);
+  servers_[0]->release();
+  network.stop();
+}
+
 // The outcome callback holds the last handle: the network is destroyed on the thread that runs
 // it (a ZeroMQ channel's own), which cannot join itself; the timer thread finishes the release.
 TEST_F(NetworkEndToEndTest, TheLastHandleReleasedInsideAnOutcomeCallbackTearsDownSafely) {

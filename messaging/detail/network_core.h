@@ -165,7 +165,7 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
   // Takes a call: sends it or queues it until a server can take it. Returns the server it went
   // to while it is unanswered, else -1.
   int callLocked(OutgoingCall call, RawOutcome done, Effects& fx);
-  // Wakes the callers receiving on `connection` (0: on any).
+  // Wakes the callers receiving on `connection` (their calls, replayed, go elsewhere).
   void wakeReceiversLocked(uint64_t connection);
   uint32_t allocateIdLocked();
   void startConnectionLocked(int s, StartReason reason, Effects& fx);
@@ -244,8 +244,8 @@ class NetworkCore : public std::enable_shared_from_this<NetworkCore> {
     uint64_t connection = 0;
     ReceiveWaker* waker = nullptr;
   };
-  std::vector<Receiver> receivers_;        // guarded by mutex_
-  std::condition_variable receiversLeft_;  // receivers_ became empty
+  std::vector<Receiver> receivers_;                // guarded by mutex_
+  std::condition_variable receiversLeft_;          // receivers_ became empty
   std::vector<std::shared_ptr<EventSlot>> slots_;  // guarded by mutex_
   std::deque<NetworkEvent> events_;                // guarded by mutex_
   bool delivering_ = false;                        // guarded by mutex_
