@@ -770,21 +770,29 @@ class ZmqChannel final : public ClientChannel {
   static constexpr int kDirectPerBurst = 3;
   static constexpr long kErrorRetryMs = 100;
 
-  // A caller takes the receiving over (receiveUntil()); false while another one has it or the
-  // channel closes.
+  // A caller takes the receiving over (receiveUntil()); false while another one has it, the
+  // channel closes, or messages wait for room (the I/O thread sends them when the dealer
+  // signals that the peer made some).
   bool takeReceiving() {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (stopping_ || callerReceives_) return false;
+    if (stopping_ || callerReceives_ || backlogged_) return false;
     callerReceives_ = true;
-    epoll_.watch(dealerFd_, false);
+    watchDealerLocked();
     return true;
+  }
+  // Under mutex_: the I/O thread waits on the dealer unless a caller receives, and always while
+  // messages wait for room (a backlog that began while the caller received).
+  void watchDealerLocked() {
+    const bool watch = backlogged_ || !callerReceives_;
+    if (watch != dealerWatched_) epoll_.watch(dealerFd_, watch);
+    dealerWatched_ = watch;
   }
   // And gives it back to the I/O thread. `drained`: its last receive found nothing, so ZMQ_FD
   // signals the next reply; otherwise the I/O thread is woken to look.
   void releaseReceiving(bool drained) {
     std::lock_guard<std::mutex> lock(mutex_);
     callerReceives_ = false;
-    epoll_.watch(dealerFd_, true);
+    watchDealerLocked();
     if (!drained && ioAsleep_ && !woken_) {
       woken_ = true;
       waker_.wake();
@@ -880,6 +888,7 @@ class ZmqChannel final : public ClientChannel {
         std::lock_guard<std::mutex> lock(mutex_);
         pendingBytes_ -= std::exchange(doneBytes, 0);
         backlogged_ = !held_.empty();
+        watchDealerLocked();
         lookAgain = lookAgain || !pending_.empty();  // queued meanwhile, without a wake-up
         ioAsleep_ = replies.empty() && !lookAgain;
       } catch (const zmq::error_t& e) {
@@ -1064,6 +1073,7 @@ class ZmqChannel final : public ClientChannel {
   bool ioAsleep_ = false;
   bool woken_ = false;  // guarded by mutex_: the waker was written since ioAsleep_ was set
   bool callerReceives_ = false;  // guarded by mutex_: a receiveUntil() has the dealer
+  bool dealerWatched_ = true;    // guarded by mutex_: epoll_ reports the dealer
   // guarded by mutex_: the last send on a calling thread that found the I/O thread asleep, and
   // how many such sends its burst holds so far
   Deadline lastDirectSend_{};
