@@ -81,8 +81,9 @@ class RpcClient {
     HistogramSnapshot latency;  // from the call to its outcome
   };
 
-  // Receives a call's one outcome, on a transport thread, the client's timer thread or the
-  // caller's thread (when sending failed). Must be quick and must not block on other calls. An
+  // Receives a call's one outcome, on a transport thread, the client's timer thread, the
+  // caller's thread (when sending failed) or a thread blocked in callValue() on the same
+  // channel. Must be quick and must not block on other calls. An
   // exception it throws is logged and counted (Stats::callbackErrors), and goes no further.
   using Callback = std::function<void(Result<Value>)>;
 
@@ -101,7 +102,9 @@ class RpcClient {
   bool canSendVersion(const Version& version) const;
 
   // Calls `method` and waits for its outcome until the timeout. On expiry the call fails
-  // kTimeout and a cancel is sent to the server.
+  // kTimeout and a cancel is sent to the server. Over ZeroMQ the waiting thread receives its
+  // channel's replies itself (one such thread per channel at a time), so the outcome callbacks
+  // of other calls on that channel may run on it meanwhile.
   Result<Value> callValue(std::string_view method, Array params) const;
   // Typed: arguments through ValueTraits, the result converted to R (kBadArguments when the
   // reply has another type; R = void ignores it).
