@@ -788,12 +788,13 @@ class ZmqChannel final : public ClientChannel {
     dealerWatched_ = watch;
   }
   // And gives it back to the I/O thread. `drained`: its last receive found nothing, so ZMQ_FD
-  // signals the next reply; otherwise the I/O thread is woken to look.
+  // signals the next reply; otherwise the I/O thread is woken to look, asleep or not (in a
+  // turn, its own receive may have found nothing before the caller's left replies unread).
   void releaseReceiving(bool drained) {
     std::lock_guard<std::mutex> lock(mutex_);
     callerReceives_ = false;
     watchDealerLocked();
-    if (!drained && ioAsleep_ && !woken_) {
+    if (!drained) {
       woken_ = true;
       waker_.wake();
     }
