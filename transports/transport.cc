@@ -1,13 +1,12 @@
 #include "transports/transport.h"
 
-#include <sys/eventfd.h>
 #include <unistd.h>
 
-#include <cstdint>
+#include "transports/detail/eventfd.h"
 
 namespace switchboard {
 
-ReceiveWaker::ReceiveWaker() : fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
+ReceiveWaker::ReceiveWaker() : fd_(detail::makeEventFd()) {}
 
 ReceiveWaker::~ReceiveWaker() {
   if (fd_ >= 0) ::close(fd_);
@@ -16,10 +15,7 @@ ReceiveWaker::~ReceiveWaker() {
 void ReceiveWaker::rearm() {
   owner_ = std::this_thread::get_id();
   woken_.store(false, std::memory_order_relaxed);
-  if (signalled_.exchange(false, std::memory_order_acq_rel)) {
-    uint64_t value;
-    [[maybe_unused]] ssize_t n = ::read(fd_, &value, sizeof value);
-  }
+  if (signalled_.exchange(false, std::memory_order_acq_rel)) detail::drainEventFd(fd_);
 }
 
 void ReceiveWaker::wake() {
@@ -27,8 +23,7 @@ void ReceiveWaker::wake() {
   // The owner checks woken() between the replies it hands over; only a sleeping one needs fd_.
   if (std::this_thread::get_id() == owner_) return;
   signalled_.store(true, std::memory_order_release);
-  const uint64_t one = 1;
-  [[maybe_unused]] ssize_t n = ::write(fd_, &one, sizeof one);
+  detail::signalEventFd(fd_);
 }
 
 }  // namespace switchboard

@@ -1,8 +1,9 @@
 // ZmqTransport: ROUTER listeners polled by the executor's receiving thread, DEALER channels with
 // an I/O thread each. Replies are sent on the replying thread (or, while the receiving thread
 // sleeps and other calls are unanswered, left for it), requests on the caller's while the
-// channel is idle, under the socket's mutex; the receiving thread sleeps in poll() on ZMQ_FD and
-// an eventfd (see isReadable).
+// channel is idle, under the socket's mutex; the receiving thread sleeps on ZMQ_FD and an
+// eventfd (see isReadable): a listener's in poll(), a channel's I/O thread in epoll, a caller
+// blocked in callValue that receives on its channel (receiveUntil) in poll().
 // Also the context's ZAP handler for CURVE listeners, and the CURVE key helpers.
 #include "transports/zmq_transport.h"
 
@@ -1069,8 +1070,9 @@ class ZmqChannel final : public ClientChannel {
   std::deque<Outgoing> pending_;  // guarded by mutex_: queued by callers, in order, after held_
   size_t pendingBytes_ = 0;       // guarded by mutex_: of pending_'s and held_'s messages
   bool backlogged_ = false;       // guarded by mutex_: held_ was not empty at the last turn
-  // guarded by mutex_: the I/O thread looked at the dealer last and sleeps on its ZMQ_FD (or is
-  // about to); only then may a caller's send hide a readable reply from it
+  // guarded by mutex_: the I/O thread looked at the dealer last and sleeps (on its ZMQ_FD too,
+  // unless a caller receives) or is about to; only then may a caller's send hide a readable reply
+  // from it
   bool ioAsleep_ = false;
   bool woken_ = false;  // guarded by mutex_: the waker was written since ioAsleep_ was set
   bool callerReceives_ = false;  // guarded by mutex_: a receiveUntil() has the dealer

@@ -1,5 +1,6 @@
 // ZmqTransport: the ZeroMQ transport. A server listens with a ROUTER bound to the URL; each
-// client channel is a DEALER connected to it, received from by an I/O thread of its own. Replies
+// client channel is a DEALER connected to it, received from by an I/O thread of its own (or by a
+// caller waiting for its reply: ClientChannel::receiveUntil). Replies
 // go out on the replying thread; requests on the caller's while the channel is idle, else in a
 // batch from the I/O thread (see docs/ARCHITECTURE.md).
 #pragma once

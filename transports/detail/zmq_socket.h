@@ -1,11 +1,10 @@
 // What every ZeroMQ socket user of the project shares (the transport, the notification broker):
-// the eventfd waker, sleeping in poll() (waitReadable), socket options from limits, poll
-// timeouts, ZMQ_EVENTS.
+// the eventfd waker, sleeping in poll() (waitReadable) or epoll (EpollSet), socket options from
+// limits, poll timeouts, ZMQ_EVENTS.
 #pragma once
 
 #include <poll.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -16,26 +15,21 @@
 #include <zmq.hpp>
 
 #include "base/deadline.h"
+#include "transports/detail/eventfd.h"
 
 namespace switchboard::detail {
 
-// A waker for zmq::poll: an eventfd any thread may signal.
+// A waker for a thread asleep in poll() or epoll: an eventfd any thread may signal.
 class Waker {
  public:
-  Waker() : fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
+  Waker() : fd_(makeEventFd()) {
     if (fd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
   }
   ~Waker() { ::close(fd_); }
   Waker(const Waker&) = delete;
   Waker& operator=(const Waker&) = delete;
-  void wake() {
-    const uint64_t one = 1;
-    [[maybe_unused]] ssize_t n = ::write(fd_, &one, sizeof one);
-  }
-  void drain() {
-    uint64_t value;
-    [[maybe_unused]] ssize_t n = ::read(fd_, &value, sizeof value);
-  }
+  void wake() { signalEventFd(fd_); }
+  void drain() { drainEventFd(fd_); }
   int fd() const { return fd_; }
 
  private:
