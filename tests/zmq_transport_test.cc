@@ -10,6 +10,7 @@
 #include <mutex>
 #include <optional>
 #include <string_view>
+#include <thread>
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
@@ -645,7 +646,8 @@ TEST(ReceiveUntilTest, AnInMemoryChannelLendsNoThread) {
 class ZmqChannelFlowTest : public ::testing::Test {
  protected:
   // Opens the listener and the channel; `maxQueuedBytes` bounds what the channel queues.
-  void open(size_t maxQueuedBytes = ZmqTransport::Options{}.maxQueuedBytes) {
+  void open(size_t maxQueuedBytes = ZmqTransport::Options{}.maxQueuedBytes,
+            ReplyCallback onReply = nullptr) {
     ZmqTransport::Options options;
     options.sendHighWaterMark = 2;
     options.maxQueuedBytes = maxQueuedBytes;
@@ -653,22 +655,28 @@ class ZmqChannelFlowTest : public ::testing::Test {
     Result<std::unique_ptr<Listener>> listener = transport_->listen(address_);
     ASSERT_OK(listener.status());
     listener_ = std::move(listener).value();
-    Result<std::unique_ptr<ClientChannel>> channel = transport_->openChannel(nullptr, nullptr);
+    Result<std::unique_ptr<ClientChannel>> channel =
+        transport_->openChannel(std::move(onReply), nullptr);
     ASSERT_OK(channel.status());
     channel_ = std::move(channel).value();
   }
   Status send(std::string bytes, Deadline deadline) {
     return channel_->send(address_, std::move(bytes), deadline);
   }
-  // The body of the next message the listener takes, one per poll (so the peer makes room
-  // again and again); nullopt when none comes before `giveUp`.
-  std::optional<std::string> next(Deadline giveUp) {
+  // The next message the listener takes, one per poll (so the peer makes room again and
+  // again); null when none comes before `giveUp`.
+  IncomingPtr nextMessage(Deadline giveUp) {
     std::vector<IncomingPtr> in;
     while (in.empty() && Clock::now() < giveUp) {
-      if (!listener_->poll(giveUp, 1, in)) return std::nullopt;
+      if (!listener_->poll(giveUp, 1, in)) return nullptr;
     }
-    if (in.empty()) return std::nullopt;
-    return std::string(in[0]->body());
+    return in.empty() ? nullptr : std::move(in[0]);
+  }
+  // Its body; nullopt when none comes before `giveUp`.
+  std::optional<std::string> next(Deadline giveUp) {
+    IncomingPtr message = nextMessage(giveUp);
+    if (!message) return std::nullopt;
+    return std::string(message->body());
   }
 
   ZmqContext context_;
@@ -695,6 +703,71 @@ TEST_F(ZmqChannelFlowTest, QueuedSendsGoOutAsSoonAsThePeerMakesRoom) {
   for (int i = 0; i < kMessages; ++i) {
     ASSERT_EQ(next(giveUp), std::to_string(i)) << "of " << kMessages;
   }
+  EXPECT_EQ(transport_->stats().sendsExpired, 0u);
+}
+
+// A backlog that begins while a caller receives (so the I/O thread's epoll set does not report
+// the dealer) still goes out as the peer makes room: while messages wait for room the set reports
+// the dealer again, whose signal then wakes the I/O thread to send them. Without that, they
+// waited for their deadline behind the receiving caller (SlowConsumerTest found it once).
+TEST_F(ZmqChannelFlowTest, ABacklogThatBeginsWhileACallerReceivesGoesOutAsThePeerMakesRoom) {
+  constexpr int kMessages = 3000;
+  constexpr auto kQueuedFor = 10min;  // far past kWait: a stranded queue fails the test
+  testing::Gate ioHeld, unblock, callerReceived;
+  testing::Events done;
+  ReceiveWaker waker;
+  waker.rearm();
+  std::thread::id receivedOn;  // of the reply to the caller; read after callerReceived opens
+  ASSERT_NO_FATAL_FAILURE(
+      open(ZmqTransport::Options{}.maxQueuedBytes, testing::eachReply([&](std::string reply) {
+             if (reply == "hold the I/O thread") {
+               ioHeld.open();
+               EXPECT_TRUE(unblock.wait(kWait));
+             } else if (reply == "to the caller") {
+               receivedOn = std::this_thread::get_id();
+               callerReceived.open();
+             } else if (reply == "done") {
+               done.add();
+               waker.wake();
+             }
+           })));
+  ASSERT_OK(send("first", deadlineAfter(kWait)));
+  ASSERT_OK(send("second", deadlineAfter(kWait)));
+  const Deadline giveUp = deadlineAfter(kWait);
+  IncomingPtr first = nextMessage(giveUp);
+  IncomingPtr second = nextMessage(giveUp);
+  ASSERT_TRUE(first && second);
+  ASSERT_OK(first->reply("hold the I/O thread"));
+  ASSERT_TRUE(ioHeld.wait(kWait));
+
+  // With the I/O thread held, only the caller can receive the second reply; it takes the dealer
+  // again right after handing it over, while the held thread still cannot have seen a backlog.
+  std::promise<bool> received;
+  std::thread caller([&] {
+    received.set_value(channel_->receiveUntil(waker, deadlineAfter(kWait)));
+  });
+  const std::thread::id callerId = caller.get_id();
+  ASSERT_OK(second->reply("to the caller"));
+  const bool callerGotIt = callerReceived.wait(kWait);
+  for (int i = 0; callerGotIt && i < kMessages; ++i) {
+    EXPECT_OK(send(std::to_string(i), deadlineAfter(kQueuedFor)));
+  }
+  unblock.open();  // its next turn fills the socket to the high-water mark: the backlog begins
+  IncomingPtr last;
+  for (int i = 0; callerGotIt && i < kMessages; ++i) {
+    last = nextMessage(giveUp);
+    if (!last || last->body() != std::to_string(i)) {
+      ADD_FAILURE() << "message " << i << " of " << kMessages << " did not arrive in order";
+      last = nullptr;
+      break;
+    }
+  }
+  if (last) EXPECT_OK(last->reply("done"));
+  caller.join();
+  ASSERT_TRUE(callerGotIt) << "nobody received the reply the held I/O thread could not";
+  EXPECT_EQ(receivedOn, callerId);
+  EXPECT_TRUE(received.get_future().get());
+  EXPECT_TRUE(done.waitFor(1, kWait));
   EXPECT_EQ(transport_->stats().sendsExpired, 0u);
 }
 

@@ -724,7 +724,8 @@ class ZmqChannel final : public ClientChannel {
   }
 
   // While it receives, replies the I/O thread takes in its turns (woken to send) are still
-  // handed over from there.
+  // handed over from there. A backlog (messages waiting for room under the high-water mark)
+  // ends it at the next receive: the I/O thread sends them as the peer makes room.
   bool receiveUntil(ReceiveWaker& waker, Deadline deadline) override {
     if (!onReply_ || !waker.valid() || !takeReceiving()) return false;
     Frames replies;
@@ -746,7 +747,7 @@ class ZmqChannel final : public ClientChannel {
         if (failed || waker.woken() || !takeReceiving()) return true;
         continue;
       }
-      if (failed || waker.woken() || Clock::now() >= deadline) {
+      if (failed || waker.woken() || Clock::now() >= deadline || backlogged()) {
         releaseReceiving(drained);
         return true;
       }
@@ -773,29 +774,30 @@ class ZmqChannel final : public ClientChannel {
 
   // A caller takes the receiving over (receiveUntil()); false while another one has it, the
   // channel closes, or messages wait for room (the I/O thread sends them when the dealer
-  // signals that the peer made some).
+  // signals that the peer made some; a caller's receive may take that signal, see
+  // releaseReceiving()).
   bool takeReceiving() {
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopping_ || callerReceives_ || backlogged_) return false;
     callerReceives_ = true;
-    watchDealerLocked();
+    epoll_.watch(dealerFd_, false);
     return true;
   }
-  // Under mutex_: the I/O thread waits on the dealer unless a caller receives, and always while
-  // messages wait for room (a backlog that began while the caller received).
-  void watchDealerLocked() {
-    const bool watch = backlogged_ || !callerReceives_;
-    if (watch != dealerWatched_) epoll_.watch(dealerFd_, watch);
-    dealerWatched_ = watch;
+  // Whether messages waited for room at the I/O thread's last turn.
+  bool backlogged() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return backlogged_;
   }
   // And gives it back to the I/O thread. `drained`: its last receive found nothing, so ZMQ_FD
   // signals the next reply; otherwise the I/O thread is woken to look, asleep or not (in a
-  // turn, its own receive may have found nothing before the caller's left replies unread).
+  // turn, its own receive may have found nothing before the caller's left replies unread). So
+  // it is while messages wait for room: the caller's receives may have taken the command that
+  // made some, and with it the signal the I/O thread waits for to send them.
   void releaseReceiving(bool drained) {
     std::lock_guard<std::mutex> lock(mutex_);
     callerReceives_ = false;
-    watchDealerLocked();
-    if (!drained) {
+    epoll_.watch(dealerFd_, true);
+    if (!drained || backlogged_) {
       woken_ = true;
       waker_.wake();
     }
@@ -890,7 +892,6 @@ class ZmqChannel final : public ClientChannel {
         std::lock_guard<std::mutex> lock(mutex_);
         pendingBytes_ -= std::exchange(doneBytes, 0);
         backlogged_ = !held_.empty();
-        watchDealerLocked();
         lookAgain = lookAgain || !pending_.empty();  // queued meanwhile, without a wake-up
         ioAsleep_ = replies.empty() && !lookAgain;
       } catch (const zmq::error_t& e) {
@@ -1075,8 +1076,8 @@ class ZmqChannel final : public ClientChannel {
   // from it
   bool ioAsleep_ = false;
   bool woken_ = false;  // guarded by mutex_: the waker was written since ioAsleep_ was set
-  bool callerReceives_ = false;  // guarded by mutex_: a receiveUntil() has the dealer
-  bool dealerWatched_ = true;    // guarded by mutex_: epoll_ reports the dealer
+  // guarded by mutex_: a receiveUntil() has the dealer, which epoll_ then does not report
+  bool callerReceives_ = false;
   // guarded by mutex_: the last send on a calling thread that found the I/O thread asleep, and
   // how many such sends its burst holds so far
   Deadline lastDirectSend_{};
