@@ -12,8 +12,12 @@ using detail::encodeMessage;
 using detail::RequestMessage;
 using detail::ResponseMessage;
 
+// As RpcClient sends one: with the caller's remaining budget, so its extension map holds "dl"
+// and "pv".
 RequestMessage request(size_t payload) {
-  return RequestMessage{42, "echo", {std::string(payload, 'x')}, {}};
+  RequestMessage message{42, "echo", {std::string(payload, 'x')}, {}};
+  message.ext.budgetMs = 30000;
+  return message;
 }
 
 ResponseMessage reply(size_t payload) {

@@ -388,6 +388,31 @@ TEST(WireShapeTest, ExtensionUnknownKeysAreIgnored) {
                   .ext.empty());
 }
 
+// Keys that differ from a known one by a byte, a case or a length are unknown; a key that
+// repeats counts with its first value (a bad later one is not looked at).
+TEST(WireShapeTest, ExtensionKeysMatchWholeAndTheFirstOfARepeatedKeyCounts) {
+  Map ext;
+  for (const char* nearMiss :
+       {"n", "s", "V", "vv", "nS", "ds", "dl ", "cn", "pw", "ct", "ctxx", "ctX", "Ns"}) {
+    ext.emplace_back(Value(nearMiss), Value(Array{}));
+  }
+  ext.emplace_back(Value("ns"), Value("first"));
+  ext.emplace_back(Value("ns"), Value(1));
+  ext.emplace_back(Value("v"), Value("1.2"));
+  ext.emplace_back(Value("v"), Value("9.9"));
+  ext.emplace_back(Value("cm"), Value(250));
+  ext.emplace_back(Value("cm"), Value("later"));
+  const WireMessage m =
+      decodeOk(encoded({Value(0), Value(9), Value("m"), Value(Array{}), Value(std::move(ext))}));
+  const Extension& decoded = std::get<RequestMessage>(m).ext;
+  EXPECT_EQ(decoded.ns, "first");
+  EXPECT_EQ(decoded.version, "1.2");
+  EXPECT_EQ(decoded.callMonitorMs, 250u);
+  EXPECT_FALSE(decoded.budgetMs);
+  EXPECT_TRUE(decoded.context.isNil());
+  EXPECT_EQ(decoded.protocolVersion, kProtocolVersion);
+}
+
 TEST(WireShapeTest, Response) {
   const DecodeError three = decodeFails(encoded({Value(1), Value(1), Value()}));
   EXPECT_EQ(three.status.message(), "response must have 4 elements, got 3");

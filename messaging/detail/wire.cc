@@ -2,6 +2,7 @@
 // a decoded Value before it becomes a WireMessage.
 #include "messaging/detail/wire.h"
 
+#include <array>
 #include <iterator>
 #include <limits>
 #include <span>
@@ -168,49 +169,84 @@ Status extTypeError(std::string_view kind, std::string_view key, std::string_vie
                        std::string(expected) + ", got " + std::string(Value::typeName(got.type())));
 }
 
-// Like Value::find, in a map the caller owns: the first value under string key `key`, or null.
-Value* findKey(Map& map, std::string_view key) {
-  for (auto& [k, v] : map) {
-    if (k.isString() && k.asString() == key) return &v;
-  }
-  return nullptr;
+// The extension's known keys, in the order decodeExtension checks their values.
+enum class ExtKey { kNs, kVersion, kContext, kBudget, kMonitor, kProtocol, kCount };
+
+constexpr int twoChars(char first, char second) {
+  return (static_cast<unsigned char>(first) << 8) | static_cast<unsigned char>(second);
 }
 
-// Reads the known keys of an extension map, moving the context out of it; unknown keys are
-// ignored.
+// Which known key `key` is; kCount for none. One look per map key, on the hot path of every
+// request: its bytes, not a string comparison per known key.
+ExtKey extKeyOf(std::string_view key) {
+  switch (key.size()) {
+    case 1:
+      return key[0] == 'v' ? ExtKey::kVersion : ExtKey::kCount;
+    case 2:
+      switch (twoChars(key[0], key[1])) {
+        case twoChars('n', 's'):
+          return ExtKey::kNs;
+        case twoChars('d', 'l'):
+          return ExtKey::kBudget;
+        case twoChars('c', 'm'):
+          return ExtKey::kMonitor;
+        case twoChars('p', 'v'):
+          return ExtKey::kProtocol;
+        default:
+          return ExtKey::kCount;
+      }
+    case 3:
+      return key == "ctx" ? ExtKey::kContext : ExtKey::kCount;
+    default:
+      return ExtKey::kCount;
+  }
+}
+
+// Reads the known keys of an extension map (the first value under each), moving the context out
+// of it; unknown keys are ignored.
 Result<Extension> decodeExtension(std::string_view kind, Value& v) {
   if (!v.isMap()) {
     return protocolError(std::string(kind) + " ext must be a map, got " +
                          std::string(Value::typeName(v.type())));
   }
-  Map& map = v.asMap();
+  std::array<Value*, static_cast<size_t>(ExtKey::kCount)> found{};
+  for (auto& [key, value] : v.asMap()) {
+    if (!key.isString()) continue;
+    const ExtKey known = extKeyOf(key.asString());
+    if (known == ExtKey::kCount) continue;
+    Value*& slot = found[static_cast<size_t>(known)];
+    if (slot == nullptr) slot = &value;
+  }
+  const auto at = [&found](ExtKey key) { return found[static_cast<size_t>(key)]; };
   Extension ext;
-  if (const Value* ns = findKey(map, "ns")) {
+  if (const Value* ns = at(ExtKey::kNs)) {
     if (!ns->isString()) return extTypeError(kind, "ns", "a string", *ns);
     ext.ns = ns->asString();
   }
-  if (const Value* version = findKey(map, "v")) {
+  if (const Value* version = at(ExtKey::kVersion)) {
     if (!version->isString()) return extTypeError(kind, "v", "a string", *version);
     ext.version = version->asString();
   }
-  if (Value* context = findKey(map, "ctx")) {
+  if (Value* context = at(ExtKey::kContext)) {
     if (!context->isMap() && !context->isNil()) {
       return extTypeError(kind, "ctx", "a map or nil", *context);
     }
     ext.context = std::move(*context);
   }
   const struct {
-    std::string_view key;
+    ExtKey key;
+    std::string_view name;
     std::optional<uint64_t>* field;
-  } optionalFields[] = {{"dl", &ext.budgetMs}, {"cm", &ext.callMonitorMs}};
-  for (const auto& [key, field] : optionalFields) {
-    if (const Value* value = findKey(map, key)) {
+  } optionalFields[] = {{ExtKey::kBudget, "dl", &ext.budgetMs},
+                        {ExtKey::kMonitor, "cm", &ext.callMonitorMs}};
+  for (const auto& [key, name, field] : optionalFields) {
+    if (const Value* value = at(key)) {
       const auto n = asUnsigned(*value);
-      if (!n) return extTypeError(kind, key, "an unsigned integer", *value);
+      if (!n) return extTypeError(kind, name, "an unsigned integer", *value);
       *field = *n;
     }
   }
-  if (const Value* pv = findKey(map, "pv")) {
+  if (const Value* pv = at(ExtKey::kProtocol)) {
     const auto n = asUnsigned(*pv);
     if (!n) return extTypeError(kind, "pv", "an unsigned integer", *pv);
     ext.protocolVersion = *n;
