@@ -707,9 +707,10 @@ TEST_F(ZmqChannelFlowTest, QueuedSendsGoOutAsSoonAsThePeerMakesRoom) {
 }
 
 // A backlog that begins while a caller receives (so the I/O thread's epoll set does not report
-// the dealer) still goes out as the peer makes room: while messages wait for room the set reports
-// the dealer again, whose signal then wakes the I/O thread to send them. Without that, they
-// waited for their deadline behind the receiving caller (SlowConsumerTest found it once).
+// the dealer) still goes out as the peer makes room: the caller's next receive, which may take
+// the dealer's signal that the peer made some, ends its receiving and wakes the I/O thread to
+// send them. Without that, they waited for their deadline behind the receiving caller (even with
+// the I/O thread watching the dealer beside it, as 90429fd had it).
 TEST_F(ZmqChannelFlowTest, ABacklogThatBeginsWhileACallerReceivesGoesOutAsThePeerMakesRoom) {
   constexpr int kMessages = 3000;
   constexpr auto kQueuedFor = 10min;  // far past kWait: a stranded queue fails the test
@@ -763,7 +764,9 @@ TEST_F(ZmqChannelFlowTest, ABacklogThatBeginsWhileACallerReceivesGoesOutAsThePee
       break;
     }
   }
-  if (last) EXPECT_OK(last->reply("done"));
+  if (last) {
+    EXPECT_OK(last->reply("done"));
+  }
   caller.join();
   ASSERT_TRUE(callerGotIt) << "nobody received the reply the held I/O thread could not";
   EXPECT_EQ(receivedOn, callerId);

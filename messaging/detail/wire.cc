@@ -169,8 +169,17 @@ Status extTypeError(std::string_view kind, std::string_view key, std::string_vie
                        std::string(expected) + ", got " + std::string(Value::typeName(got.type())));
 }
 
-// The extension's known keys, in the order decodeExtension checks their values.
+// The extension's known keys, in the order decodeExtension checks their values, and their names
+// on the wire (extKeyOf() tells them apart by these bytes).
 enum class ExtKey { kNs, kVersion, kContext, kBudget, kMonitor, kProtocol, kCount };
+constexpr std::string_view kExtKeyNames[] = {"ns", "v", "ctx", "dl", "cm", "pv"};
+static_assert(std::size(kExtKeyNames) == static_cast<size_t>(ExtKey::kCount));
+
+// extTypeError for a known key.
+Status extTypeError(std::string_view kind, ExtKey key, std::string_view expected,
+                    const Value& got) {
+  return extTypeError(kind, kExtKeyNames[static_cast<size_t>(key)], expected, got);
+}
 
 constexpr int twoChars(char first, char second) {
   return (static_cast<unsigned char>(first) << 8) | static_cast<unsigned char>(second);
@@ -220,35 +229,33 @@ Result<Extension> decodeExtension(std::string_view kind, Value& v) {
   const auto at = [&found](ExtKey key) { return found[static_cast<size_t>(key)]; };
   Extension ext;
   if (const Value* ns = at(ExtKey::kNs)) {
-    if (!ns->isString()) return extTypeError(kind, "ns", "a string", *ns);
+    if (!ns->isString()) return extTypeError(kind, ExtKey::kNs, "a string", *ns);
     ext.ns = ns->asString();
   }
   if (const Value* version = at(ExtKey::kVersion)) {
-    if (!version->isString()) return extTypeError(kind, "v", "a string", *version);
+    if (!version->isString()) return extTypeError(kind, ExtKey::kVersion, "a string", *version);
     ext.version = version->asString();
   }
   if (Value* context = at(ExtKey::kContext)) {
     if (!context->isMap() && !context->isNil()) {
-      return extTypeError(kind, "ctx", "a map or nil", *context);
+      return extTypeError(kind, ExtKey::kContext, "a map or nil", *context);
     }
     ext.context = std::move(*context);
   }
   const struct {
     ExtKey key;
-    std::string_view name;
     std::optional<uint64_t>* field;
-  } optionalFields[] = {{ExtKey::kBudget, "dl", &ext.budgetMs},
-                        {ExtKey::kMonitor, "cm", &ext.callMonitorMs}};
-  for (const auto& [key, name, field] : optionalFields) {
+  } optionalFields[] = {{ExtKey::kBudget, &ext.budgetMs}, {ExtKey::kMonitor, &ext.callMonitorMs}};
+  for (const auto& [key, field] : optionalFields) {
     if (const Value* value = at(key)) {
       const auto n = asUnsigned(*value);
-      if (!n) return extTypeError(kind, name, "an unsigned integer", *value);
+      if (!n) return extTypeError(kind, key, "an unsigned integer", *value);
       *field = *n;
     }
   }
   if (const Value* pv = at(ExtKey::kProtocol)) {
     const auto n = asUnsigned(*pv);
-    if (!n) return extTypeError(kind, "pv", "an unsigned integer", *pv);
+    if (!n) return extTypeError(kind, ExtKey::kProtocol, "an unsigned integer", *pv);
     ext.protocolVersion = *n;
   }
   return ext;
