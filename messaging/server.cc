@@ -5,6 +5,7 @@
 #include <array>
 #include <boost/intrusive/unordered_set.hpp>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <utility>
@@ -180,6 +181,9 @@ class ServerCore final : public TaskSource {
   // Heartbeats for `call` every `every` until it is answered (timers of the executor).
   void scheduleHeartbeat(std::weak_ptr<CallReply> call, Duration every);
   void failedCast(const std::string& method, const Status& why);
+  // At stop(): _health answers "draining", and the epoch stays open (its polling refusing new
+  // calls) for options_.refuseAfterStop.
+  void beginDrain();
 
   Transport& transport_;
   const Target target_;
@@ -512,6 +516,15 @@ void ServerCore::failedCast(const std::string& method, const Status& why) {
   dropped(DropReason::kCastFailed, "cast '" + method + "' failed: " + why.toString());
 }
 
+void ServerCore::beginDrain() {
+  draining_.store(true);
+  if (options_.refuseAfterStop <= Duration::zero()) return;
+  // The guard keeps the executor's loop, which refuses what it polls once stopped, from ending;
+  // the timer lets it go. The executor is still armed: stop() runs this before stopping it.
+  auto held = std::make_shared<WorkGuard>(executor_->acquireWork());
+  (void)executor_->runAt(Clock::now() + options_.refuseAfterStop, [held] { held->reset(); });
+}
+
 }  // namespace detail
 
 std::string_view dropReasonName(DropReason reason) {
@@ -548,7 +561,7 @@ MessageHandlingServer::MessageHandlingServer(Transport& transport, Target target
                       return Status::ok();
                     },
                 .close = [this] { core_->releaseListener(); },
-                .onStop = [this] { core_->draining_.store(true); }},
+                .onStop = [this] { core_->beginDrain(); }},
                options.hangWarningAfter, options.log)) {}
 
 MessageHandlingServer::~MessageHandlingServer() = default;

@@ -58,6 +58,10 @@ class MessageHandlingServer final {
     const Serializer* serializer = nullptr;  // borrowed; null means pass-through
     LogSink log = stderrLogSink();
     Duration hangWarningAfter = std::chrono::seconds(10);
+    // After stop(), calls that still arrive are refused kShuttingDown (a Network sends them to
+    // another server) for at least this long before the listener closes, so that a call sent
+    // before its client learnt of the drain is not lost in a closed socket. wait() includes it.
+    Duration refuseAfterStop = Duration::zero();
   };
 
   // One method's calls since construction, answered ones only.

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -16,6 +17,7 @@
 
 #include "messaging/network.h"
 #include "messaging/rpc_client.h"
+#include "tests/support/call_load.h"
 #include "tests/support/server_process.h"
 #include "tests/support/test_util.h"
 #include "transports/transport_factory.h"
@@ -215,6 +217,29 @@ TEST_F(NetworkProcessTest, ACallInFlightOnAKilledServerFailsPeerLostAtOnce) {
   EXPECT_EQ(network->status().main, b_.url());
   EXPECT_GE(network->stats().peerLost, 1u);
   subscription.release();
+  network->stop();
+}
+
+// A server stopped (SIGTERM) under a load of calls that are not idempotent, with no registry to
+// warn the client first: what the client sends before it learns of the drain is refused, not
+// lost in a closing socket (switchboard-server's --refuse-after-stop-ms), and goes to B.
+TEST_F(NetworkProcessTest, AServerStoppedUnderLoadLosesNoCallEvenNonIdempotentOnes) {
+  TransportFactory factory;
+  TransportConnector connector(factory);
+  Result<Network> network = Network::create(connector, options(500ms, 1s));
+  ASSERT_OK(network.status());
+  RpcClient::Options clientOptions;
+  clientOptions.timeout = 10s;
+  clientOptions.idempotent = false;  // never replayed after a loss: only refusals go elsewhere
+  Result<RpcClient> client = RpcClient::create(*network, target(), clientOptions);
+  ASSERT_OK(client.status());
+  ASSERT_OK(client->call<std::string>("echo", "warm up").status());
+  ASSERT_EQ(network->status().main, a_.url());
+  const std::map<std::string, int> failures =
+      testing::runCallLoad(*client, {.midway = [&] { a_.kill(SIGTERM); }});
+  for (const auto& [code, count] : failures) ADD_FAILURE() << count << " calls failed " << code;
+  EXPECT_EQ(a_.process().waitExit(deadlineAfter(10s)), 0) << "a clean stop";
+  EXPECT_EQ(network->status().main, b_.url());
   network->stop();
 }
 

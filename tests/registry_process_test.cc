@@ -20,6 +20,7 @@
 #include "discovery/redis_registry.h"
 #include "messaging/registry_network.h"
 #include "messaging/rpc_client.h"
+#include "tests/support/call_load.h"
 #include "tests/support/redis_server.h"
 #include "tests/support/server_process.h"
 #include "tests/support/test_util.h"
@@ -228,38 +229,10 @@ TEST_F(RegistryProcessTest, AServerStoppedCleanlyUnderLoadLosesNoCallEvenNonIdem
   options.idempotent = false;  // never replayed after a loss: only refusals go elsewhere
   options.log = log_.sink();
   RpcClient once = RpcClient::create(followed_->network(), Target{.topic = kTopic}, options).value();
-  constexpr int kCalls = 300, kWindow = 32, kStopAfter = 100;
-  // Shared with the callbacks, which may outlive this test body if an assertion ends it early.
-  struct Tally {
-    std::mutex mutex;
-    std::condition_variable changed;
-    int finished = 0, inFlight = 0;       // guarded by mutex
-    std::map<std::string, int> failures;  // by code, guarded by mutex
-  };
-  auto tally = std::make_shared<Tally>();
-  bool stopped = false;
-  for (int i = 0; i < kCalls; ++i) {
-    std::unique_lock<std::mutex> lock(tally->mutex);
-    ASSERT_TRUE(tally->changed.wait_for(lock, kWait, [&] { return tally->inFlight < kWindow; }));
-    if (tally->finished >= kStopAfter && !stopped) {
-      servers_["s1"]->kill(SIGTERM);  // it unregisters, then drains while calls keep coming
-      stopped = true;
-    }
-    ++tally->inFlight;
-    lock.unlock();
-    once.callAsync("sleep", Array{Value(5)}, [tally](Result<Value> outcome) {
-      std::lock_guard<std::mutex> guard(tally->mutex);
-      if (!outcome) ++tally->failures[std::string(statusCodeName(outcome.status().code()))];
-      ++tally->finished;
-      --tally->inFlight;
-      tally->changed.notify_all();
-    });
-  }
-  std::unique_lock<std::mutex> lock(tally->mutex);
-  ASSERT_TRUE(tally->changed.wait_for(lock, kWait, [&] { return tally->finished == kCalls; }));
-  for (const auto& [code, count] : tally->failures) {
-    ADD_FAILURE() << count << " calls failed " << code;
-  }
+  // s1 unregisters, then drains while calls keep coming.
+  const std::map<std::string, int> failures =
+      testing::runCallLoad(once, {.midway = [&] { servers_["s1"]->kill(SIGTERM); }}, kWait);
+  for (const auto& [code, count] : failures) ADD_FAILURE() << count << " calls failed " << code;
   EXPECT_EQ(servers_["s1"]->process().waitExit(deadlineAfter(kWait)), 0) << "a clean stop";
 }
 

@@ -577,6 +577,32 @@ TYPED_TEST(ServerLifecycleTest, WaitWaitsForADeferredReplyCompletedAfterStop) {
   EXPECT_OK(serving.status());
 }
 
+// With refuseAfterStop, a stopped server with nothing in flight keeps its listener open and
+// refuses what still arrives (kShuttingDown, marked refused: a Network sends it to another
+// server) until the period is over; only then does wait() release the listener.
+TYPED_TEST(ServerLifecycleTest, AStoppedServerRefusesNewCallsForItsRefusePeriodBeforeClosing) {
+  constexpr Duration kRefuseFor = 2s;
+  CountingTransport counting(this->transport_);
+  MessageHandlingServer server(counting, TestFixture::serverTarget(), RpcDispatcher({calculator()}),
+                               TypeParam::make(), {.refuseAfterStop = kRefuseFor});
+  ASSERT_OK(server.start());
+  Serving serving(server, TestFixture::kBlocking);
+  RpcClient client = this->client();
+  ASSERT_NO_FATAL_FAILURE(expectAdds(client, 1, 2));
+  const Deadline stopped = Clock::now();
+  server.stop();
+  EXPECT_CODE(server.wait(stopped + kShort), StatusCode::kTimeout);
+  EXPECT_EQ(counting.open(), 1) << "the listener closed before the refuse period was over";
+  Result<int64_t> late = client.call<int64_t>("add", 3, 4);
+  EXPECT_CODE(late.status(), StatusCode::kShuttingDown);
+  EXPECT_TRUE(late.status().refused()) << late.status();
+  EXPECT_OK(server.wait(deadlineAfter(kWait)));
+  EXPECT_GE(Clock::now() - stopped, kRefuseFor);
+  EXPECT_EQ(counting.open(), 0);
+  ASSERT_TRUE(serving.returned());
+  EXPECT_OK(serving.status());
+}
+
 // ----- restart ----------------------------------------------------------------------------------
 
 TYPED_TEST(ServerLifecycleTest, RestartAfterStopAndWait) {

@@ -153,6 +153,7 @@ int main(int argc, char** argv) {
   std::string advertise;    // empty: the endpoint bound
   int registryTtlMs = 6000;
   int unregisterGraceMs = 500;
+  int refuseAfterStopMs = 1000;
   app.add_option("--notification-broker", brokerUrl,
                  "also run a notification broker on this ZeroMQ URL (switchboard-call notify/listen)");
   app.add_option("--listen", listen,
@@ -189,6 +190,12 @@ int main(int argc, char** argv) {
   app.add_option("--name", name, "server name in the target")->capture_default_str();
   app.add_option("--topic", topic, "topic served")->capture_default_str();
   app.add_option("--drain-seconds", drainSeconds, "how long a stop waits for in-flight calls")
+      ->capture_default_str();
+  app.add_option("--refuse-after-stop-ms", refuseAfterStopMs,
+                 "after SIGINT/SIGTERM, keep refusing new calls (ShuttingDown, which a client "
+                 "network sends to another server) this long before closing, so that calls sent "
+                 "before a client learnt of the stop are not lost")
+      ->check(CLI::Range(0, 60 * 1000))
       ->capture_default_str();
   auto* curveSecret = app.add_option(
       "--curve-secret", curveSecretFile,
@@ -230,6 +237,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   pool.wakeAnotherAfter = std::chrono::microseconds(wakeAnotherAfterUs);
   pool.takeLeadAfter = std::chrono::microseconds(takeLeadAfterUs);
+  serverOptions.refuseAfterStop = std::chrono::milliseconds(refuseAfterStopMs);
 
   auto logger = spdlog::stderr_logger_mt("switchboard-server");
   logger->set_level(spdlog::level::from_str(logLevel));
