@@ -17,21 +17,13 @@
 #include <vector>
 
 #include "fuzz/targets.h"
+#include "tests/support/sanitizers.h"
 
 // Memory: libFuzzer fails an input that makes a target allocate without bound (its rss and
 // malloc limits); the replay must fail it too, without exhausting the machine first. A plain
 // build caps the address space while it replays (std::bad_alloc, reported as a failure). ASan
 // and TSan reserve terabytes of address space up front, so there the sanitizer's allocator
 // refuses any single allocation above 256 MiB instead (the binary dies, reporting it).
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define SWITCHBOARD_SANITIZED_ALLOCATOR 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || \
-    __has_feature(memory_sanitizer)
-#define SWITCHBOARD_SANITIZED_ALLOCATOR 1
-#endif
-#endif
-
 #ifdef SWITCHBOARD_SANITIZED_ALLOCATOR
 // Defaults under the environment's ASAN_OPTIONS / TSAN_OPTIONS (which win flag by flag); with
 // abort_on_error a sanitizer's report ends in SIGABRT, so the input is named (see below).

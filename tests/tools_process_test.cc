@@ -18,6 +18,7 @@
 #include <zmq_addon.hpp>
 
 #include "messaging/detail/wire.h"
+#include "tests/support/sanitizers.h"
 #include "tests/support/server_process.h"
 
 namespace switchboard {
@@ -180,7 +181,9 @@ TEST_P(ToolsProcessTest, SurvivesHostileInputWithBoundedMemory) {
   }
   ASSERT_TRUE(echoWorks(2'000'000));
   const long after = server.rssKiB();
+#ifndef SWITCHBOARD_SANITIZED_ALLOCATOR  // there the quarantine fills: judged in plain builds
   EXPECT_LT(after - before, 10 * 1024) << "RSS grew from " << before << " to " << after << " KiB";
+#endif
   std::cerr << "RSS " << before << " -> " << after << " KiB\n";
   EXPECT_EQ(server.terminate(), 0);
 }
