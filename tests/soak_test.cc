@@ -32,9 +32,14 @@
 #include "messaging/network.h"
 #include "messaging/rpc_client.h"
 #include "tests/support/figures.h"
+#include "tests/support/sanitizers.h"
 #include "tests/support/server_process.h"
 #include "tests/support/test_util.h"
 #include "transports/transport_factory.h"
+
+#ifdef SWITCHBOARD_SANITIZED_ALLOCATOR
+extern "C" size_t __sanitizer_get_current_allocated_bytes();  // sanitizer/allocator_interface.h
+#endif
 
 namespace switchboard {
 namespace {
@@ -62,11 +67,15 @@ long residentKiB() {
 }
 
 // Bytes this process's malloc has handed out and not had back (every arena, and the chunks it
-// mapped on their own): what grows when something is kept, whatever the allocator does with
-// the pages it got back.
+// mapped on their own; a sanitizer's allocator counts its own, its quarantine left out): what
+// grows when something is kept, whatever the allocator does with the pages it got back.
 long heapInUseKiB() {
+#ifdef SWITCHBOARD_SANITIZED_ALLOCATOR
+  return static_cast<long>(__sanitizer_get_current_allocated_bytes() / 1024);
+#else
   const struct mallinfo2 info = ::mallinfo2();
   return static_cast<long>((info.uordblks + info.hblkhd) / 1024);
+#endif
 }
 
 // This process's descriptors and threads, as docs/RELIABILITY.md reports them: countEntries
