@@ -1045,8 +1045,10 @@ void NetworkCore::onPingAnswerLocked(int s, bool handshake, const ResponseMessag
   server.ping.reset();
   const bool serving = answer.error.isOk() && answer.result.isString() &&
                        answer.result.asString() == "serving";
-  const bool draining = answer.error.isOk() && answer.result.isString() &&
-                        answer.result.asString() == "draining";
+  // A stopped server refuses what it polls, pings included, while it answers its calls.
+  const bool draining =
+      (answer.error.isOk() && answer.result.isString() && answer.result.asString() == "draining") ||
+      (answer.error.code() == StatusCode::kShuttingDown && answer.error.refused());
   // A server too busy to answer a ping still answered it.
   const bool busy = !handshake && answer.error.code() == StatusCode::kOverloaded;
   if (draining && handshake) {

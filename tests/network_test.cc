@@ -689,6 +689,26 @@ TEST_F(NetworkTest, AServerAnsweringDrainingToAPingAnswersItsCallsBeforeItIsClos
   EXPECT_EQ(network_->stats().peerLost, 0u);
 }
 
+// A stopped server refuses the pings it polls (ShuttingDown, refused) as it refuses calls, while
+// it still answers the calls it took: the refusal means draining, not a broken connection whose
+// calls would fail PeerLost.
+TEST_F(NetworkTest, APingRefusedByAStoppedServerMeansDrainingAndItsCallsAreStillAnswered) {
+  start(optionsFor({A, B}));
+  servers_.answerHealth(A);
+  servers_.answerHealth(B);
+  const size_t inFlight = call("in flight");  // to A, the main server; not idempotent
+  timers_.advance(2s);
+  servers_.refuseHealth(A, Status(StatusCode::kShuttingDown, "server: stopping").asRefused());
+  EXPECT_EQ(network_->status().main, B);
+  EXPECT_EQ(network_->stats().dismissals, 0u) << "draining is not misbehaving";
+  timers_.runDue();
+  EXPECT_EQ(servers_.liveChannels(), 2) << "A still owes an answer";
+  answer(A, servers_.calls(A).at(0));
+  ASSERT_TRUE(outcomes_[inFlight].has_value());
+  EXPECT_EQ(outcomes_[inFlight]->value(), Value("in flight")) << "answered, not PeerLost";
+  EXPECT_EQ(network_->stats().peerLost, 0u);
+}
+
 // Found by the network_replies fuzzer (its corpus keeps the input): failing a call owed by a
 // draining server closed the connection, which failed the same call again, freed, while the
 // first failure still used it.

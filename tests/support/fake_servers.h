@@ -78,13 +78,11 @@ class FakeServers final : public Connector {
 
   // Answers every pending `_health` request of `server`'s latest connection with `state`.
   void answerHealth(const std::string& server, const std::string& state = "serving") {
-    for (const detail::RequestMessage& r : unansweredHealth(server)) {
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        servers_[server].answered.insert(r.msgid);
-      }
-      reply(server, detail::ResponseMessage{r.msgid, Status::ok(), Value(state)});
-    }
+    answerHealthWith(server, Status::ok(), Value(state));
+  }
+  // Answers them with the error `why`, as a server refusing what it polls does.
+  void refuseHealth(const std::string& server, const Status& why) {
+    answerHealthWith(server, why, Value());
   }
   // Delivers `message` through the reply callback of `server`'s connection `connection` (0: the
   // latest), as its transport would.
@@ -112,6 +110,16 @@ class FakeServers final : public Connector {
   }
 
  private:
+  void answerHealthWith(const std::string& server, const Status& error, const Value& result) {
+    for (const detail::RequestMessage& r : unansweredHealth(server)) {
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        servers_[server].answered.insert(r.msgid);
+      }
+      reply(server, detail::ResponseMessage{r.msgid, error, result});
+    }
+  }
+
   struct Connection {
     ReplyCallback onReply;
     LinkCallback onLink;
