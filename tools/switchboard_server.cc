@@ -127,6 +127,11 @@ std::string hostName() {
   return ::gethostname(name, sizeof name - 1) == 0 ? std::string(name) : std::string("server");
 }
 
+// A flag of up to a minute in milliseconds, its default shown in --help.
+void addGraceOption(CLI::App& app, const std::string& flag, int& ms, const std::string& help) {
+  app.add_option(flag, ms, help)->check(CLI::Range(0, 60 * 1000))->capture_default_str();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -191,12 +196,10 @@ int main(int argc, char** argv) {
   app.add_option("--topic", topic, "topic served")->capture_default_str();
   app.add_option("--drain-seconds", drainSeconds, "how long a stop waits for in-flight calls")
       ->capture_default_str();
-  app.add_option("--refuse-after-stop-ms", refuseAfterStopMs,
+  addGraceOption(app, "--refuse-after-stop-ms", refuseAfterStopMs,
                  "after SIGINT/SIGTERM, keep refusing new calls (ShuttingDown, which a client "
                  "network sends to another server) this long before closing, so that calls sent "
-                 "before a client learnt of the stop are not lost")
-      ->check(CLI::Range(0, 60 * 1000))
-      ->capture_default_str();
+                 "before a client learnt of the stop are not lost");
   auto* curveSecret = app.add_option(
       "--curve-secret", curveSecretFile,
       "CURVE: this server's secret key file (switchboard-keygen); tcp://, ipc://, inproc://");
@@ -228,12 +231,10 @@ int main(int argc, char** argv) {
                  "third of it)")
       ->check(CLI::Range(30, 3600 * 1000))
       ->capture_default_str();
-  app.add_option("--unregister-grace-ms", unregisterGraceMs,
+  addGraceOption(app, "--unregister-grace-ms", unregisterGraceMs,
                  "after unregistering at SIGINT/SIGTERM, keep serving this long before the drain, "
                  "so that clients following the registry stop sending first (a second signal "
-                 "cuts it short)")
-      ->check(CLI::Range(0, 60 * 1000))
-      ->capture_default_str();
+                 "cuts it short)");
   CLI11_PARSE(app, argc, argv);
   pool.wakeAnotherAfter = std::chrono::microseconds(wakeAnotherAfterUs);
   pool.takeLeadAfter = std::chrono::microseconds(takeLeadAfterUs);
