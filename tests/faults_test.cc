@@ -895,8 +895,10 @@ TEST(FaultsTest, RepliesWrittenJustBeforeTheListenerClosesReachASlowClient) {
       for (size_t i = 0; i < kHeld; ++i) {
         client.callAsync("hold", {Value(100)},
                          [&resume, record = log.recorder(i)](Result<Value> outcome) {
+                           // Bounded: holds the client's I/O thread until open. Before the
+                           // record, so that once all are recorded no callback touches `resume`.
+                           resume.wait(10s);
                            record(std::move(outcome));
-                           resume.wait(10s);  // bounded: holds the client's I/O thread until open
                          });
       }
       EXPECT_TRUE(holding.entered.waitFor(static_cast<int>(kHeld), 10s));
