@@ -97,6 +97,12 @@ std::string millis(Duration d) {
   return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) + " ms";
 }
 
+// What a stopped server answers to every request it takes, calls and pings: it ran nothing, and
+// is draining.
+bool isDrainRefusal(const Status& error) {
+  return error.code() == StatusCode::kShuttingDown && error.refused();
+}
+
 }  // namespace
 
 NetworkCore::NetworkCore(Connector& connector, Network::Options options)
@@ -1010,9 +1016,8 @@ void NetworkCore::onReplyLocked(uint64_t connection, DecodedMessage& decoded, De
     auto call = pending_.find(id);
     if (ping != pings_.end() && ping->second == s) {
       onPingAnswerLocked(s, server.state == ConnectionState::kConnecting, *response, fx);
-    } else if (call != pending_.end() && call->second.connection == connection &&
-               !direct_ && response->error.code() == StatusCode::kShuttingDown &&
-               response->error.refused()) {
+    } else if (call != pending_.end() && call->second.connection == connection && !direct_ &&
+               isDrainRefusal(response->error)) {
       // The server is draining and did not run the call: another one may.
       if (server.inFlight > 0) --server.inFlight;
       resendLocked(id);
@@ -1045,10 +1050,10 @@ void NetworkCore::onPingAnswerLocked(int s, bool handshake, const ResponseMessag
   server.ping.reset();
   const bool serving = answer.error.isOk() && answer.result.isString() &&
                        answer.result.asString() == "serving";
-  // A stopped server refuses what it polls, pings included, while it answers its calls.
+  // A stopped server refuses the pings it takes, while it answers the calls it has.
   const bool draining =
       (answer.error.isOk() && answer.result.isString() && answer.result.asString() == "draining") ||
-      (answer.error.code() == StatusCode::kShuttingDown && answer.error.refused());
+      isDrainRefusal(answer.error);
   // A server too busy to answer a ping still answered it.
   const bool busy = !handshake && answer.error.code() == StatusCode::kOverloaded;
   if (draining && handshake) {

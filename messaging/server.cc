@@ -550,19 +550,19 @@ MessageHandlingServer::MessageHandlingServer(Transport& transport, Target target
 MessageHandlingServer::MessageHandlingServer(Transport& transport, Target target,
                                              RpcDispatcher dispatcher,
                                              std::unique_ptr<Executor> executor, Options options)
-    : core_(std::make_unique<detail::ServerCore>(transport, std::move(target),
-                                                 std::move(dispatcher), std::move(executor),
-                                                 options)),
-      serving_(std::make_unique<detail::Serving>("server", *core_->executor_, *core_,
-               detail::Serving::Hooks{.open =
-                    [this] {
-                      if (Status s = core_->listen(); !s) return s;
-                      core_->draining_.store(false);
-                      return Status::ok();
-                    },
-                .close = [this] { core_->releaseListener(); },
-                .onStop = [this] { core_->beginDrain(); }},
-               options.hangWarningAfter, options.log)) {}
+    : core_(std::make_unique<detail::ServerCore>(
+          transport, std::move(target), std::move(dispatcher), std::move(executor), options)),
+      serving_(std::make_unique<detail::Serving>(
+          "server", *core_->executor_, *core_,
+          detail::Serving::Hooks{.open =
+                                     [this] {
+                                       if (Status s = core_->listen(); !s) return s;
+                                       core_->draining_.store(false);
+                                       return Status::ok();
+                                     },
+                                 .close = [this] { core_->releaseListener(); },
+                                 .onStop = [this] { core_->beginDrain(); }},
+          options.hangWarningAfter + options.refuseAfterStop, options.log)) {}
 
 MessageHandlingServer::~MessageHandlingServer() = default;
 

@@ -60,7 +60,8 @@ class MessageHandlingServer final {
     Duration hangWarningAfter = std::chrono::seconds(10);
     // After stop(), calls that still arrive are refused kShuttingDown (a Network sends them to
     // another server) for at least this long before the listener closes, so that a call sent
-    // before its client learnt of the drain is not lost in a closed socket. wait() includes it.
+    // before its client learnt of the drain is not lost in a closed socket. wait() includes it
+    // (and its "possible hang" warning comes that much later).
     Duration refuseAfterStop = Duration::zero();
   };
 

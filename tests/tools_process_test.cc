@@ -133,6 +133,17 @@ TEST_P(ToolsProcessTest, SigtermDrainsCallsInFlight) {
   EXPECT_EQ(server.terminate(), 0);
 }
 
+// --drain-seconds counts after the refuse period: a refuse period longer than it is not a
+// drain that timed out (exit 1), and the exit waits for the period.
+TEST_P(ToolsProcessTest, SigtermWithARefusePeriodLongerThanTheDrainExitsZeroAfterIt) {
+  ServerProcess server(GetParam(), "tcp://127.0.0.1:0",
+                       {"--drain-seconds", "1", "--refuse-after-stop-ms", "1500"});
+  ASSERT_FALSE(server.url().empty());
+  const Deadline stopped = Clock::now();
+  EXPECT_EQ(server.terminate(), 0);
+  EXPECT_GE(Clock::now() - stopped, std::chrono::milliseconds(1500));
+}
+
 TEST_P(ToolsProcessTest, SurvivesHostileInputWithBoundedMemory) {
   ServerProcess server(GetParam());
   ASSERT_FALSE(server.url().empty());

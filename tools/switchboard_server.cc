@@ -194,7 +194,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--name", name, "server name in the target")->capture_default_str();
   app.add_option("--topic", topic, "topic served")->capture_default_str();
-  app.add_option("--drain-seconds", drainSeconds, "how long a stop waits for in-flight calls")
+  app.add_option("--drain-seconds", drainSeconds,
+                 "how long a stop waits for in-flight calls after --refuse-after-stop-ms")
       ->capture_default_str();
   addGraceOption(app, "--refuse-after-stop-ms", refuseAfterStopMs,
                  "after SIGINT/SIGTERM, keep refusing new calls (ShuttingDown, which a client "
@@ -239,6 +240,11 @@ int main(int argc, char** argv) {
   pool.wakeAnotherAfter = std::chrono::microseconds(wakeAnotherAfterUs);
   pool.takeLeadAfter = std::chrono::microseconds(takeLeadAfterUs);
   serverOptions.refuseAfterStop = std::chrono::milliseconds(refuseAfterStopMs);
+  // A stop's end: the refusing, then up to --drain-seconds more for the calls in flight (which
+  // drain beside it).
+  const auto drainDeadline = [&] {
+    return deadlineAfter(serverOptions.refuseAfterStop + std::chrono::seconds(drainSeconds));
+  };
 
   auto logger = spdlog::stderr_logger_mt("switchboard-server");
   logger->set_level(spdlog::level::from_str(logLevel));
@@ -330,7 +336,7 @@ int main(int argc, char** argv) {
     if (!registered) {
       std::cerr << "switchboard-server: registry: " << registered.status() << "\n";
       server.stop();
-      (void)server.wait(deadlineAfter(std::chrono::seconds(drainSeconds)));
+      (void)server.wait(drainDeadline());
       return 2;
     }
     registry = std::move(made).value();
@@ -378,7 +384,7 @@ int main(int argc, char** argv) {
     }
   }
   signalWaiter.join();  // returns once a signal stopped the server
-  const Status drained = server.wait(deadlineAfter(std::chrono::seconds(drainSeconds)));
+  const Status drained = server.wait(drainDeadline());
   {
     std::lock_guard<std::mutex> lock(reporterMutex);
     serving = false;
